@@ -1,0 +1,132 @@
+"""Data: where images live, ImageNet and Imagenette as ImageFolder datasets, and readable errors.
+
+The data root is resolved in this order: an explicit path, else the ``DINO_DATA`` environment variable,
+else the ``data/`` folder of this repository (or of the working directory when the package is installed
+elsewhere). Under it the package looks for ``imagenette-mini`` (a small fixed subset used for tests),
+torchvision's Imagenette (downloaded there when missing and online) and ``imagenet-samples``.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+from PIL import Image
+from torchvision.datasets import ImageFolder
+
+IMAGENETTE_CLASSES: Dict[str, str] = {
+    "n01440764": "tench", "n02102040": "English springer", "n02979186": "cassette player",
+    "n03000684": "chain saw", "n03028079": "church", "n03394916": "French horn",
+    "n03417042": "garbage truck", "n03425413": "gas pump", "n03445777": "golf ball", "n03888257": "parachute",
+}
+IMAGENETTE_FOLDERS = ("imagenette-mini", "imagenette2-160", "imagenette2-320", "imagenette2")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+class BadImageError(RuntimeError):
+    """An image file that cannot be decoded; the message names the file."""
+
+
+def resolve_data_root(path: Optional[str | os.PathLike] = None) -> Path:
+    """The data root: ``path``, else ``$DINO_DATA``, else ``data/`` of the repository or working directory."""
+    if path is not None:
+        return Path(path).expanduser()
+    if os.environ.get("DINO_DATA"):
+        return Path(os.environ["DINO_DATA"]).expanduser()
+    repo = Path(__file__).resolve().parents[1]
+    if (repo / "pyproject.toml").exists():
+        return repo / "data"
+    return Path("data")
+
+
+def load_rgb(path: str | os.PathLike) -> Image.Image:
+    """Open and fully decode an image as RGB; a truncated or unreadable file raises BadImageError naming it."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return img.convert("RGB")
+    except (OSError, SyntaxError, ValueError) as err:
+        raise BadImageError(f"cannot read image {path}: {err}") from err
+
+
+class ImageFolderDataset(ImageFolder):
+    """``root/<class>/<image>`` with clear errors and an optional deterministic subset of each class.
+
+    ``per_class=n`` keeps the first n images (sorted by name) of every class.
+    """
+
+    def __init__(self, root: str | os.PathLike, transform: Optional[Callable] = None, per_class: Optional[int] = None):
+        root = Path(root)
+        if not root.is_dir():
+            raise FileNotFoundError(f"data folder not found: {root}")
+        if not any(p.is_dir() for p in root.iterdir()):
+            raise FileNotFoundError(f"data folder {root} has no class sub-folders (expected {root}/<class>/<image>)")
+        try:
+            super().__init__(str(root), transform=transform, loader=load_rgb)
+        except FileNotFoundError as err:
+            raise FileNotFoundError(f"no images found under {root}: {err}") from err
+        if per_class is not None:
+            if per_class < 1:
+                raise ValueError(f"per_class must be >= 1, got {per_class}")
+            seen: Dict[int, int] = {}
+            kept = []
+            for path, label in self.samples:
+                if seen.get(label, 0) < per_class:
+                    kept.append((path, label))
+                    seen[label] = seen.get(label, 0) + 1
+            self.samples = self.imgs = kept
+            self.targets = [label for _, label in kept]
+
+
+def split_folder(root: str | os.PathLike, split: str) -> Path:
+    """``root/split`` for split in {"train", "val"}, with an error that says what layout is expected."""
+    if split not in ("train", "val"):
+        raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+    folder = Path(root) / split
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder} does not exist: expected an ImageFolder layout {root}/train/<class>/... "
+                                f"and {root}/val/<class>/...")
+    return folder
+
+
+def imagenet(root: str | os.PathLike, split: str, transform: Optional[Callable] = None,
+             per_class: Optional[int] = None) -> ImageFolderDataset:
+    """ImageNet (or any dataset) in the layout ``root/{train,val}/<wnid>/*.JPEG`` (see data/README.md)."""
+    return ImageFolderDataset(split_folder(root, split), transform=transform, per_class=per_class)
+
+
+def imagenette_root(root: Optional[str | os.PathLike] = None, download: bool = True) -> Path:
+    """A folder with Imagenette's ``train/`` and ``val/``: found under the data root, else downloaded there."""
+    data_root = resolve_data_root(root)
+    for name in IMAGENETTE_FOLDERS:
+        if (data_root / name / "train").is_dir():
+            return data_root / name
+    if not download:
+        raise FileNotFoundError(f"no Imagenette under {data_root}: set DINO_DATA to a folder holding "
+                                f"imagenette-mini or imagenette2-160, or call with download=True")
+    from torchvision.datasets import Imagenette
+    try:
+        Imagenette(str(data_root), split="train", size="160px", download=True)
+    except Exception as err:  # network errors come in many types
+        raise FileNotFoundError(f"no Imagenette under {data_root} and the download failed ({err}); set DINO_DATA "
+                                f"to a folder holding imagenette2-160 or imagenette-mini") from err
+    return data_root / "imagenette2-160"
+
+
+def imagenette(split: str, transform: Optional[Callable] = None, root: Optional[str | os.PathLike] = None,
+               per_class: Optional[int] = None, download: bool = True) -> ImageFolderDataset:
+    """Imagenette's ``split`` ("train" or "val") as an ImageFolder dataset (labels follow sorted wnids)."""
+    return ImageFolderDataset(split_folder(imagenette_root(root, download), split), transform, per_class)
+
+
+def sample_image_paths(n: Optional[int] = None, root: Optional[str | os.PathLike] = None) -> List[Path]:
+    """Paths of real photos for figures: full-size ``imagenet-samples`` when present, else Imagenette val."""
+    folder = resolve_data_root(root) / "imagenet-samples"
+    if folder.is_dir():
+        paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+    else:
+        val = split_folder(imagenette_root(root), "val")
+        paths = [sorted(d.iterdir())[0] for d in sorted(val.iterdir()) if d.is_dir()]
+    if not paths:
+        raise FileNotFoundError(f"no images found in {folder}")
+    return paths[:n] if n is not None else paths

@@ -1,0 +1,81 @@
+"""Weighted k-nearest-neighbour evaluation of frozen features (paper Sec. 4.1, after Wu et al. 2018).
+
+Features are L2-normalised, so a dot product is a cosine similarity s. Each test image takes its k most
+similar training images; each neighbour votes for its label with weight exp(s / T). The class with the
+largest total vote is the prediction. The paper uses k = 20, T = 0.07.
+"""
+from __future__ import annotations
+
+from typing import Iterable, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+
+@torch.no_grad()
+def extract_features(model: nn.Module, loader: Iterable, device: torch.device | str,
+                     progress: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Run ``model`` in eval mode on every (images, labels) batch of ``loader``.
+
+    Returns (features (N, D) float32, labels (N,) int64), both on the CPU, in loader order. The model's
+    train/eval mode is restored afterwards.
+    """
+    was_training = model.training
+    model.eval()
+    features, labels = [], []
+    try:
+        for images, targets in tqdm(loader, desc="features", disable=not progress, leave=False):
+            out = model(images.to(device, non_blocking=True))
+            features.append(out.float().cpu())
+            labels.append(torch.as_tensor(targets).cpu())
+    finally:
+        model.train(was_training)
+    if not features:
+        raise ValueError("extract_features got an empty loader: no images to embed")
+    return torch.cat(features), torch.cat(labels).long()
+
+
+@torch.no_grad()
+def knn_classify(train_features: torch.Tensor, train_labels: torch.Tensor, test_features: torch.Tensor,
+                 test_labels: torch.Tensor, k: int = 20, T: float = 0.07, num_classes: Optional[int] = None,
+                 max_chunk_elements: int = 2 ** 26) -> Tuple[float, float]:
+    """Top-1 and top-5 accuracy (percent) of the weighted k-NN classifier.
+
+    train_features (N, D), train_labels (N,), test_features (M, D), test_labels (M,). Any M >= 1 works and
+    k may exceed N (all training samples then vote). Test samples are processed in chunks so that the
+    (chunk, N) similarity matrix holds at most ``max_chunk_elements`` numbers: 1.28M x 50k fits on a GPU or CPU.
+    Top-5 counts a hit among the min(5, num_classes) best-voted classes.
+    """
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    if T <= 0:
+        raise ValueError(f"temperature T must be > 0, got {T}")
+    if train_features.ndim != 2 or test_features.ndim != 2 or train_features.shape[1] != test_features.shape[1]:
+        raise ValueError(f"features must be (N, D) and (M, D) with the same D, got {tuple(train_features.shape)} "
+                         f"and {tuple(test_features.shape)}")
+    if len(train_features) != len(train_labels) or len(test_features) != len(test_labels):
+        raise ValueError("features and labels must have the same number of rows")
+    if len(train_features) == 0 or len(test_features) == 0:
+        raise ValueError("k-NN needs at least one training and one test sample")
+    device = train_features.device
+    train_features = F.normalize(train_features.float(), dim=1)
+    train_labels = train_labels.to(device).long()
+    test_labels = test_labels.to(device).long()
+    if num_classes is None:
+        num_classes = int(max(train_labels.max(), test_labels.max())) + 1
+    k = min(k, len(train_features))
+    chunk = max(1, min(len(test_features), max_chunk_elements // len(train_features)))
+    top1 = top5 = 0
+    for start in range(0, len(test_features), chunk):
+        queries = F.normalize(test_features[start:start + chunk].to(device).float(), dim=1)
+        similarity, index = (queries @ train_features.T).topk(k, dim=1)                 # (m, k)
+        votes = torch.zeros(len(queries), num_classes, device=device)
+        votes.scatter_add_(1, train_labels[index], (similarity / T).exp())
+        predictions = votes.topk(min(5, num_classes), dim=1).indices                    # (m, 5)
+        hits = predictions == test_labels[start:start + chunk, None]
+        top1 += hits[:, 0].sum().item()
+        top5 += hits.any(dim=1).sum().item()
+    n = len(test_features)
+    return 100.0 * top1 / n, 100.0 * top5 / n
