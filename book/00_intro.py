@@ -96,7 +96,7 @@ from PIL import Image
 
 
 def load_photo() -> Image.Image:
-    """One full-size photograph for the diagram; a synthetic picture when no data is at hand."""
+    """A full-size photograph for the diagram; a synthetic one without data."""
     try:
         from dino_tutorial.data import sample_image_paths
 
@@ -113,34 +113,40 @@ def load_photo() -> Image.Image:
 
 photo = load_photo()
 W, H = photo.size
-# Fixed crop boxes as fractions (left, top, width, height) of the photo: two global, four local views.
+# Fixed crop boxes, as fractions (left, top, width, height) of the photo.
 GLOBAL_BOXES = [(0.02, 0.05, 0.80, 0.90), (0.25, 0.10, 0.72, 0.85)]
-LOCAL_BOXES = [(0.10, 0.15, 0.28, 0.30), (0.55, 0.20, 0.25, 0.28), (0.35, 0.55, 0.30, 0.35), (0.68, 0.60, 0.24, 0.30)]
+LOCAL_BOXES = [(0.10, 0.15, 0.28, 0.30), (0.55, 0.20, 0.25, 0.28),
+               (0.35, 0.55, 0.30, 0.35), (0.68, 0.60, 0.24, 0.30)]
 GLOBAL_COLOURS = ["tab:blue", "tab:orange"]
 LOCAL_COLOUR = "tab:green"
 
 
 def crop(box, size):
     left, top, width, height = box
-    pixels = (int(left * W), int(top * H), int((left + width) * W), int((top + height) * H))
-    return photo.crop(pixels).resize((size, size), Image.BICUBIC)
+    corners = (left * W, top * H, (left + width) * W, (top + height) * H)
+    cut = photo.crop(tuple(int(c) for c in corners))
+    return cut.resize((size, size), Image.BICUBIC)
 
 
 def box(ax, xy, wh, text, colour, fontsize=10):
-    ax.add_patch(FancyBboxPatch(xy, *wh, boxstyle="round,pad=0.08", fc=colour, ec="0.2", lw=1.2))
-    ax.text(xy[0] + wh[0] / 2, xy[1] + wh[1] / 2, text, ha="center", va="center", fontsize=fontsize)
+    ax.add_patch(FancyBboxPatch(xy, *wh, boxstyle="round,pad=0.08", fc=colour,
+                                ec="0.2", lw=1.2))
+    ax.text(xy[0] + wh[0] / 2, xy[1] + wh[1] / 2, text, ha="center", va="center",
+            fontsize=fontsize)
 
 
 def arrow(ax, start, end, colour="0.2", style="-|>", **kwargs):
-    ax.add_patch(FancyArrowPatch(start, end, arrowstyle=style, mutation_scale=14, color=colour, lw=1.5, **kwargs))
+    ax.add_patch(FancyArrowPatch(start, end, arrowstyle=style, mutation_scale=14,
+                                 color=colour, lw=1.5, **kwargs))
 
 
 def thumbnail(ax, image, x, y, size, colour):
     ax.imshow(image, extent=(x, x + size, y, y + size), zorder=3)
-    ax.add_patch(Rectangle((x, y), size, size, fill=False, ec=colour, lw=2.5, zorder=4))
+    ax.add_patch(Rectangle((x, y), size, size, fill=False, ec=colour, lw=2.5,
+                           zorder=4))
 
 
-fig, ax = plt.subplots(figsize=(12, 6.2))
+fig, ax = plt.subplots(figsize=(10.5, 5.6))
 ax.set_xlim(0, 17)
 ax.set_ylim(0, 9)
 ax.set_aspect("equal")
@@ -150,25 +156,34 @@ ax.axis("off")
 px, py, pw = 0.1, 3.1, 3.3
 ph = pw * H / W
 ax.imshow(photo, extent=(px, px + pw, py, py + ph), zorder=2)
+
+def outline(b, **style):
+    """Draw box b (fractions of the photo) on the photo drawn at (px, py)."""
+    corner = (px + b[0] * pw, py + (1 - b[1] - b[3]) * ph)
+    ax.add_patch(Rectangle(corner, b[2] * pw, b[3] * ph, fill=False, zorder=3,
+                           **style))
+
+
 for b, c in zip(GLOBAL_BOXES, GLOBAL_COLOURS):
-    ax.add_patch(Rectangle((px + b[0] * pw, py + (1 - b[1] - b[3]) * ph), b[2] * pw, b[3] * ph,
-                           fill=False, ec=c, lw=2, zorder=3))
+    outline(b, ec=c, lw=2)
 for b in LOCAL_BOXES:
-    ax.add_patch(Rectangle((px + b[0] * pw, py + (1 - b[1] - b[3]) * ph), b[2] * pw, b[3] * ph,
-                           fill=False, ec=LOCAL_COLOUR, lw=1.5, ls="--", zorder=3))
-ax.text(px + pw / 2, py - 0.35, "image $x$ (no label)", ha="center", va="top", fontsize=11)
+    outline(b, ec=LOCAL_COLOUR, lw=1.5, ls="--")
+ax.text(px + pw / 2, py - 0.35, "image $x$ (no label)", ha="center", va="top",
+        fontsize=11)
 
 # Student branch (top): every view.
 g_size, l_size = 1.05, 0.6
-ax.text(4.0, 8.65, "all views: 2 global (224 px) + local (96 px)", fontsize=10, va="center")
+ax.text(4.0, 8.65, "all views: 2 global (224 px) + local (96 px)", va="center")
 for i, (b, c) in enumerate(zip(GLOBAL_BOXES, GLOBAL_COLOURS)):
     thumbnail(ax, crop(b, 224), 4.0 + i * 1.2, 7.05, g_size, c)
 for i, b in enumerate(LOCAL_BOXES):
-    thumbnail(ax, crop(b, 96), 6.5 + (i % 2) * 0.7, 7.5 - (i // 2) * 0.7, l_size, LOCAL_COLOUR)
-ax.text(7.05, 6.55, "(8 local views in DINO)", ha="center", fontsize=8, color="0.3")
+    x, y = 6.5 + (i % 2) * 0.7, 7.5 - (i // 2) * 0.7
+    thumbnail(ax, crop(b, 96), x, y, l_size, LOCAL_COLOUR)
+ax.text(7.05, 6.55, "(8 local views in DINO)", ha="center", fontsize=8,
+        color="0.3")
 
 # Teacher branch (bottom): global views only.
-ax.text(4.0, 0.35, "global views only", fontsize=10, va="center")
+ax.text(4.0, 0.35, "global views only", va="center")
 for i, (b, c) in enumerate(zip(GLOBAL_BOXES, GLOBAL_COLOURS)):
     thumbnail(ax, crop(b, 224), 4.0 + i * 1.2, 0.8, g_size, c)
 
@@ -176,22 +191,28 @@ arrow(ax, (px + pw, py + ph * 0.75), (3.9, 7.5))
 arrow(ax, (px + pw, py + ph * 0.25), (3.9, 1.4))
 
 # Networks and their outputs.
-box(ax, (8.2, 7.0), (2.3, 1.2), "student $g_{\\theta_s}$\nResNet-50 + head", "#cfe3f7")
-box(ax, (8.2, 0.75), (2.3, 1.2), "teacher $g_{\\theta_t}$\nResNet-50 + head", "#fde2c8")
+box(ax, (8.2, 7.0), (2.3, 1.2), "student $g_{\\theta_s}$\nResNet-50 + head",
+    "#cfe3f7")
+box(ax, (8.2, 0.75), (2.3, 1.2), "teacher $g_{\\theta_t}$\nResNet-50 + head",
+    "#fde2c8")
 arrow(ax, (7.45, 7.6), (8.1, 7.6))
 arrow(ax, (6.45, 1.35), (8.1, 1.35))
 
-box(ax, (10.9, 7.0), (2.0, 1.2), "softmax\n$\\cdot\\,/\\,\\tau_s$,  $\\tau_s = 0.1$", "#eeeeee", 9.5)
+box(ax, (10.9, 7.0), (2.0, 1.2), "softmax\n$\\cdot\\,/\\,\\tau_s$,  $\\tau_s = 0.1$",
+    "#eeeeee", 9.5)
 box(ax, (10.9, 0.75), (1.4, 1.2), "centering\n$g - c$", "#eeeeee", 9.5)
-box(ax, (12.75, 0.75), (1.75, 1.2), "softmax\n$\\cdot\\,/\\,\\tau_t$,  $\\tau_t = 0.04$", "#eeeeee", 9.5)
+box(ax, (12.75, 0.75), (1.75, 1.2),
+    "softmax\n$\\cdot\\,/\\,\\tau_t$,  $\\tau_t = 0.04$", "#eeeeee", 9.5)
 arrow(ax, (10.6, 7.6), (10.8, 7.6))
 arrow(ax, (10.6, 1.35), (10.8, 1.35))
 arrow(ax, (12.4, 1.35), (12.65, 1.35))
-ax.text(11.6, 0.3, "$c \\leftarrow m\\,c + (1 - m)\\,\\mathrm{mean}_{\\mathrm{batch}}\\, g_{\\theta_t}(x)$",
+ax.text(11.6, 0.3,
+        "$c \\leftarrow m\\,c + (1 - m)\\,\\mathrm{mean}_{\\mathrm{batch}}\\, g_{\\theta_t}(x)$",
         fontsize=9, ha="center", va="center")
 
-# Loss: the teacher's output for each global view against the student's for every other view.
-box(ax, (14.3, 4.05), (2.6, 1.3), "loss\n$\\sum_{x \\neq x'} H(P_t(x), P_s(x'))$", "#f7d4d4", 10)
+# Loss: the teacher's output for a global view against the student's for the others.
+box(ax, (14.3, 4.05), (2.6, 1.3), "loss\n$\\sum_{x \\neq x'} H(P_t(x), P_s(x'))$",
+    "#f7d4d4", 10)
 arrow(ax, (13.0, 7.6), (15.6, 5.45), connectionstyle="arc3,rad=-0.25")
 ax.text(14.9, 6.9, "$P_s$", fontsize=12)
 arrow(ax, (14.6, 1.35), (15.6, 3.95), connectionstyle="arc3,rad=0.2")
@@ -200,14 +221,17 @@ ax.text(14.55, 2.45, "sg", fontsize=11, color="tab:red", fontweight="bold",
         bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="tab:red"))
 
 # Gradients into the student only; EMA from student to teacher.
-arrow(ax, (14.2, 5.0), (10.6, 7.0), colour="tab:red", style="-|>", ls="--", connectionstyle="arc3,rad=0.2")
-ax.text(11.6, 5.75, "gradients\n(student only)", fontsize=9, color="tab:red", ha="center")
+arrow(ax, (14.2, 5.0), (10.6, 7.0), colour="tab:red", ls="--",
+      connectionstyle="arc3,rad=0.2")
+ax.text(11.6, 5.75, "gradients\n(student only)", fontsize=9, color="tab:red",
+        ha="center")
 arrow(ax, (9.35, 6.9), (9.35, 2.05), colour="tab:purple", ls="--")
-ax.text(9.5, 4.5, "EMA\n$\\theta_t \\leftarrow \\lambda\\theta_t + (1 - \\lambda)\\theta_s$\n$\\lambda$: 0.996 $\\to$ 1",
-        fontsize=9, color="tab:purple", va="center")
+ema = "EMA\n$\\theta_t \\leftarrow \\lambda\\theta_t + (1 - \\lambda)\\theta_s$"
+ax.text(9.5, 4.5, ema + "\n$\\lambda$: 0.996 $\\to$ 1", fontsize=9,
+        color="tab:purple", va="center")
 
-ax.set_title("DINO: from every view, the student learns to predict the teacher's output for a different global view",
-             fontsize=11.5)
+ax.set_title("DINO: from every view, the student learns to predict the teacher's "
+             "output for a different global view", fontsize=11.5)
 fig.tight_layout()
 plt.show()
 
@@ -256,7 +280,7 @@ plt.show()
 #
 # ```bash
 # pip install -e ".[book,test]"
-# export DINO_DATA=/path/to/data     # optional: where the images live (default: data/)
+# export DINO_DATA=/path/to/data   # optional, where the images are (default: data/)
 # jupyter lab book/
 # ```
 #
@@ -267,14 +291,14 @@ plt.show()
 # its outputs with the stored ones, and the package has its own unit tests.
 #
 # ```bash
-# pytest tests/                                   # the package and the book's structure
-# pytest --nbval --nbval-current-env book/        # execute every chapter and compare its outputs
-# jupyter-book build .                            # the rendered book, in _build/html
+# pytest tests/                              # the package and the book's structure
+# pytest --nbval --nbval-current-env book/   # run every chapter, compare outputs
+# jupyter-book build .                       # the book, in _build/html
 # ```
 #
 # **Train it for real.** The full ImageNet run is a notebook with a `parameters` cell, executed with
-# [papermill](https://papermill.readthedocs.io): tiny parameters in CI, the real ones on GPUs, for example
-# `papermill -k python3 book/08_<chapter>.ipynb runs/full.ipynb -p <name> <value>`.
+# [papermill](https://papermill.readthedocs.io): tiny parameters in CI, the real ones on GPUs,
+# `papermill -k python3 INPUT.ipynb OUTPUT.ipynb -p NAME VALUE ...` (chapter 08 lists its parameters).
 #
 # **Exercises.** Every chapter asks you to write the central pieces yourself. A coding exercise is a cell
 # with `...` blanks that raises `NotImplementedError` until you fill it in; the solution follows in a

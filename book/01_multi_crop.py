@@ -37,7 +37,8 @@
 # ## Setup
 
 # %% tags=["hide-input"]
-# Install the course package when it is missing (in Colab); locally: `pip install -e .` in the repository.
+# Install the course package when it is missing (in Colab).
+# Locally: `pip install -e .` in the repository.
 try:
     import dino_tutorial
 except ImportError:
@@ -57,20 +58,22 @@ from matplotlib.patches import Rectangle
 from PIL import Image, ImageFilter, ImageOps
 from torchvision import transforms as T
 
-from dino_tutorial.augment import (IMAGENET_MEAN, IMAGENET_STD, MultiCropAugmentation, RandomGaussianBlur,
+from dino_tutorial.augment import (IMAGENET_MEAN, IMAGENET_STD,
+                                   MultiCropAugmentation, RandomGaussianBlur,
                                    RandomSolarize, denormalize)
 from dino_tutorial.data import load_rgb, resolve_data_root, sample_image_paths
 from dino_tutorial.train import default_device, set_seed
 
 try:
-    from myst_nb import glue  # numbers quoted in the book's text come from the cells
-except ImportError:  # outside the book's toolchain (e.g. in Colab) there is nothing to glue into
+    from myst_nb import glue  # numbers quoted in the book's text come from cells
+except ImportError:  # outside the book's toolchain (in Colab): nothing to glue
+
     def glue(name, value, display=True):
         pass
 
-plt.rcParams.update({"figure.dpi": 100, "axes.titlesize": 10, "axes.labelsize": 10, "font.size": 10})
+plt.rcParams.update({"figure.dpi": 100, "axes.titlesize": 10, "axes.labelsize": 10})
 set_seed(0)
-DEVICE = default_device()  # this chapter's work is image decoding and augmentation: it runs on the CPU
+DEVICE = default_device()  # unused here: decoding and augmenting run on the CPU
 
 
 def show(view: torch.Tensor) -> np.ndarray:
@@ -79,23 +82,27 @@ def show(view: torch.Tensor) -> np.ndarray:
 
 
 # %% tags=["hide-input"]
-# The data: full-size photographs (imagenet-samples), else Imagenette's validation images.
+# The data: full-size photographs (imagenet-samples), else Imagenette's val images.
 try:
     PHOTO_PATHS = sample_image_paths()
 except FileNotFoundError as err:
-    print(f"This chapter needs photographs: set DINO_DATA to a folder with imagenet-samples/ or imagenette-mini/, "
-          f"or run online so that Imagenette is downloaded into {resolve_data_root()} ({err})")
+    print(f"This chapter needs photographs: set DINO_DATA to a folder holding "
+          f"imagenet-samples/ or imagenette-mini/, or run online so that "
+          f"Imagenette is downloaded into {resolve_data_root()} ({err})")
     raise SystemExit(1)
 
 
-def pick(paths, keywords, n):
-    """The photos whose names contain `keywords` (one each), else simply the first n."""
-    chosen = [next(p for p in paths if word in p.name) for word in keywords if any(word in p.name for p in paths)]
+def pick(paths, keywords):
+    """One photo per keyword (its name contains the keyword), else the first few."""
+    n = len(keywords)
+    chosen = [p for word in keywords for p in paths if word in p.name][:n]
     return chosen if len(chosen) == n else paths[:n]
 
 
-PHOTOS = [load_rgb(p) for p in pick(PHOTO_PATHS, ["lorikeet", "steam_locomotive", "American_chameleon"], 3)]
-print(f"{len(PHOTO_PATHS)} photos found; the figures use {len(PHOTOS)} of sizes {[p.size for p in PHOTOS]}")
+PHOTOS = [load_rgb(p) for p in
+          pick(PHOTO_PATHS, ["lorikeet", "steam_locomotive", "American_chameleon"])]
+print(f"{len(PHOTO_PATHS)} photos found; the figures use photos of "
+      f"{', '.join(f'{w} x {h}' for w, h in (p.size for p in PHOTOS))} pixels")
 
 # %% [markdown]
 # ## Section 1: one photograph, ten views
@@ -120,8 +127,9 @@ print(f"{len(PHOTO_PATHS)} photos found; the figures use {len(PHOTOS)} of sizes 
 augment = MultiCropAugmentation()
 set_seed(0)
 views = augment(PHOTOS[0])
-print(augment)
-print([tuple(v.shape) for v in views])
+shapes = [tuple(v.shape) for v in views]
+print(f"{len(views)} views:",
+      ", ".join(f"{shapes.count(s)} of shape {s}" for s in dict.fromkeys(shapes)))
 
 # %% [markdown]
 # The views come back without the place they were cut from. To draw that place on the photograph, the cell
@@ -131,14 +139,16 @@ print([tuple(v.shape) for v in views])
 
 # %%
 def views_with_boxes(augment: MultiCropAugmentation, image: Image.Image):
-    """`augment(image)` together with each view's crop box (top, left, height, width) in the photo."""
+    """`augment(image)` and each view's crop box (top, left, height, width)."""
     pipelines = [augment.global_transform_1, augment.global_transform_2]
     pipelines += [augment.local_transform] * augment.local_crops_number
     views, boxes = [], []
     for pipeline in pipelines:
-        crop, rest = pipeline.transforms[0], T.Compose(pipeline.transforms[1:])  # crop first, then the rest
+        # The crop first (keeping its box), then the rest of the view's pipeline.
+        crop, rest = pipeline.transforms[0], T.Compose(pipeline.transforms[1:])
         box = crop.get_params(image, crop.scale, crop.ratio)
-        cut = TF.resized_crop(image, *box, crop.size, crop.interpolation, antialias=crop.antialias)
+        cut = TF.resized_crop(image, *box, crop.size, crop.interpolation,
+                              antialias=crop.antialias)
         views.append(rest(cut))
         boxes.append(box)
     return views, boxes
@@ -146,7 +156,8 @@ def views_with_boxes(augment: MultiCropAugmentation, image: Image.Image):
 
 set_seed(0)
 replayed, _ = views_with_boxes(augment, PHOTOS[0])
-print("replayed views equal augment(image):", all(torch.equal(a, b) for a, b in zip(views, replayed)))
+same = all(torch.equal(a, b) for a, b in zip(views, replayed))
+print("replayed views equal augment(image):", same)
 
 # %% tags=["hide-input"]
 GLOBAL_COLOURS, LOCAL_COLOUR = ["tab:blue", "tab:orange"], "tab:green"
@@ -154,11 +165,12 @@ GLOBAL_COLOURS, LOCAL_COLOUR = ["tab:blue", "tab:orange"], "tab:green"
 
 def draw_box(ax, box, colour, **kwargs):
     top, left, height, width = box
-    ax.add_patch(Rectangle((left, top), width, height, fill=False, ec=colour, **kwargs))
+    ax.add_patch(Rectangle((left, top), width, height, fill=False, ec=colour,
+                           **kwargs))
 
 
 def plot_views(photos, augment, seed=0):
-    """One row per photo: the photo with every crop box, the two global views, the eight local views."""
+    """One row per photo: the photo with its crop boxes, then the views."""
     fig = plt.figure(figsize=(12, 2.45 * len(photos)))
     grid = fig.add_gridspec(2 * len(photos), 11, wspace=0.08, hspace=0.3)
     set_seed(seed)
@@ -167,8 +179,10 @@ def plot_views(photos, augment, seed=0):
         ax = fig.add_subplot(grid[2 * row:2 * row + 2, 0:3])
         ax.imshow(photo)
         for i, box in enumerate(boxes):
-            draw_box(ax, box, GLOBAL_COLOURS[i] if i < 2 else LOCAL_COLOUR, lw=2 if i < 2 else 1.3,
-                     ls="-" if i < 2 else "--")
+            if i < 2:
+                draw_box(ax, box, GLOBAL_COLOURS[i], lw=2)
+            else:
+                draw_box(ax, box, LOCAL_COLOUR, lw=1.3, ls="--")
         ax.set_title(f"{photo.size[0]} x {photo.size[1]} px photo, crop boxes")
         ax.axis("off")
         for i in range(2):
@@ -221,8 +235,9 @@ plot_views(PHOTOS, augment)
 # boxes reproducible.
 
 # %% tags=["raises-exception"]
-def sample_crop_box(width: int, height: int, scale: tuple, ratio: tuple = (3 / 4, 4 / 3)) -> tuple:
-    """A random box (top, left, h, w) inside a width x height image, drawn as RandomResizedCrop draws it."""
+def sample_crop_box(width: int, height: int, scale: tuple,
+                    ratio: tuple = (3 / 4, 4 / 3)) -> tuple:
+    """A random box (top, left, h, w) in a width x height image."""
     #################################################################
     # Fill in the blanks (...), then remove this line.
     raise NotImplementedError("Exercise 1: sample a crop box")
@@ -232,7 +247,7 @@ def sample_crop_box(width: int, height: int, scale: tuple, ratio: tuple = (3 / 4
     for _ in range(10):
         s = ...  # area fraction, uniform in [scale[0], scale[1]]
         r = ...  # aspect ratio w / h, log-uniform in [ratio[0], ratio[1]]
-        w = ...  # width and height in whole pixels, with w * h ~ s * area and w / h ~ r
+        w = ...  # whole pixels, with w * h ~ s * area and w / h ~ r
         h = ...
         if 0 < w <= width and 0 < h <= height:
             top = ...  # uniform over the positions where the box fits
@@ -248,8 +263,9 @@ print(sample_crop_box(500, 375, scale=(0.14, 1.0)))
 
 # %% tags=["hide-cell"]
 # Solution to exercise 1
-def sample_crop_box(width: int, height: int, scale: tuple, ratio: tuple = (3 / 4, 4 / 3)) -> tuple:
-    """A random box (top, left, h, w) inside a width x height image, drawn as RandomResizedCrop draws it."""
+def sample_crop_box(width: int, height: int, scale: tuple,
+                    ratio: tuple = (3 / 4, 4 / 3)) -> tuple:
+    """A random box (top, left, h, w) in a width x height image."""
     area = width * height
     log_low, log_high = math.log(ratio[0]), math.log(ratio[1])
     for _ in range(10):
@@ -271,25 +287,35 @@ print(sample_crop_box(500, 375, scale=(0.14, 1.0)))
 
 # %%
 def check_crop_boxes(sampler, n=5000, width=500, height=375):
-    """Compare the distribution of `sampler`'s boxes with torchvision's RandomResizedCrop, seeded."""
+    """Seeded, `sampler`'s boxes must be distributed as torchvision's boxes are."""
     image = Image.new("RGB", (width, height))
+    statistics = {  # of boxes (top, left, h, w) in the rows of an (n, 4) array
+        "area fraction": lambda b: b[:, 2] * b[:, 3] / (width * height),
+        "aspect ratio w/h": lambda b: b[:, 3] / b[:, 2],
+        "horizontal centre": lambda b: (b[:, 1] + b[:, 3] / 2) / width,
+        "vertical centre": lambda b: (b[:, 0] + b[:, 2] / 2) / height,
+    }
     for scale in [(0.14, 1.0), (0.05, 0.14)]:
         set_seed(0)
-        mine = np.array([sampler(width, height, scale) for _ in range(n)], dtype=float)
+        mine = np.array([sampler(width, height, scale) for _ in range(n)], float)
         set_seed(1)
-        ref = np.array([T.RandomResizedCrop.get_params(image, list(scale), [3 / 4, 4 / 3]) for _ in range(n)], float)
+        torchvision_box = T.RandomResizedCrop.get_params
+        ref = np.array([torchvision_box(image, list(scale), [3 / 4, 4 / 3])
+                        for _ in range(n)], float)
         top, left, h, w = mine.T
-        inside = (top >= 0) & (left >= 0) & (h > 0) & (w > 0) & (top + h <= height) & (left + w <= width)
-        assert inside.all(), f"{(~inside).sum()} of your boxes are empty or leave the image (scale={scale})"
-        for name, stat in [("area fraction", lambda b: b[:, 2] * b[:, 3] / (width * height)),
-                           ("aspect ratio w/h", lambda b: b[:, 3] / b[:, 2]),
-                           ("horizontal centre", lambda b: (b[:, 1] + b[:, 3] / 2) / width),
-                           ("vertical centre", lambda b: (b[:, 0] + b[:, 2] / 2) / height)]:
-            q_mine, q_ref = (np.quantile(stat(b), [0.1, 0.25, 0.5, 0.75, 0.9]) for b in (mine, ref))
+        inside = ((top >= 0) & (left >= 0) & (h > 0) & (w > 0)
+                  & (top + h <= height) & (left + w <= width))
+        assert inside.all(), (f"{(~inside).sum()} of your boxes are empty or leave "
+                              f"the image (scale={scale})")
+        for name, statistic in statistics.items():
+            q = [0.1, 0.25, 0.5, 0.75, 0.9]
+            q_mine = np.quantile(statistic(mine), q)
+            q_ref = np.quantile(statistic(ref), q)
             assert np.abs(q_mine - q_ref).max() < 0.025, (
-                f"the {name} of your boxes (scale={scale}) is distributed differently from torchvision's: "
-                f"quantiles {q_mine.round(3)} against {q_ref.round(3)}")
-    print("Correct: your crop boxes follow the same distribution as torchvision's RandomResizedCrop")
+                f"the {name} of your boxes (scale={scale}) is distributed "
+                f"differently from torchvision's: quantiles {q_mine.round(3)} "
+                f"against {q_ref.round(3)}")
+    print("Correct: your boxes are distributed as torchvision's RandomResizedCrop")
 
 
 check_crop_boxes(sample_crop_box)
@@ -310,50 +336,61 @@ RECIPES = {"ResNet-50": {"global": (0.14, 1.0), "local": (0.05, 0.14)},
 
 
 def intersection(a, b):
-    """Intersection area of boxes (top, left, h, w), row-wise over (n, 4) arrays."""
-    dy = np.minimum(a[:, 0] + a[:, 2], b[:, 0] + b[:, 2]) - np.maximum(a[:, 0], b[:, 0])
-    dx = np.minimum(a[:, 1] + a[:, 3], b[:, 1] + b[:, 3]) - np.maximum(a[:, 1], b[:, 1])
-    return np.clip(dy, 0, None) * np.clip(dx, 0, None)
+    """Intersection areas of boxes (top, left, h, w), rows of two (n, 4) arrays."""
+    top, left = np.maximum(a[:, 0], b[:, 0]), np.maximum(a[:, 1], b[:, 1])
+    bottom = np.minimum(a[:, 0] + a[:, 2], b[:, 0] + b[:, 2])
+    right = np.minimum(a[:, 1] + a[:, 3], b[:, 1] + b[:, 3])
+    return np.clip(bottom - top, 0, None) * np.clip(right - left, 0, None)
 
 
 def crop_statistics(scales, n=4000, width=500, height=375):
-    """Sample n images' worth of boxes (2 global, 1 local) and measure their areas and overlaps."""
-    boxes = {view: np.array([sample_crop_box(width, height, scales[kind]) for _ in range(n)], dtype=float)
-             for view, kind in [("global 1", "global"), ("global 2", "global"), ("local", "local")]}
-    area = {view: b[:, 2] * b[:, 3] for view, b in boxes.items()}
-    g1, g2, local = boxes["global 1"], boxes["global 2"], boxes["local"]
+    """Boxes for n images (2 global views, 1 local): their areas and overlaps."""
+    def boxes(kind):
+        scale = scales[kind]
+        return np.array([sample_crop_box(width, height, scale) for _ in range(n)],
+                        float)
+
+    g1, g2, local = boxes("global"), boxes("global"), boxes("local")
+    a1, a2, a_local = (b[:, 2] * b[:, 3] for b in (g1, g2, local))
     overlap = intersection(g1, g2)
     return {
-        "global area": np.concatenate([area["global 1"], area["global 2"]]) / (width * height),
-        "local area": area["local"] / (width * height),
-        "global IoU": overlap / (area["global 1"] + area["global 2"] - overlap),
-        "local inside global": intersection(local, g1) / area["local"],
+        "global area": np.concatenate([a1, a2]) / (width * height),
+        "local area": a_local / (width * height),
+        "global IoU": overlap / (a1 + a2 - overlap),
+        "local inside global": intersection(local, g1) / a_local,
     }
 
 
 set_seed(0)
 stats = {name: crop_statistics(scales) for name, scales in RECIPES.items()}
-for name, s in stats.items():
-    print(f"{name:14s} mean area: global {s['global area'].mean():.2f}, local {s['local area'].mean():.3f} | "
-          f"IoU of the two global views {s['global IoU'].mean():.2f} | "
-          f"share of a local view inside global 1 {s['local inside global'].mean():.2f}")
+means = {name: {key: values.mean() for key, values in s.items()}
+         for name, s in stats.items()}
+for name, m in means.items():
+    print(f"{name}: mean area of a global view {m['global area']:.2f}, "
+          f"of a local view {m['local area']:.3f};\n"
+          f"    mean IoU of the two global views {m['global IoU']:.2f}; "
+          f"share of a local view inside global 1 {m['local inside global']:.2f}")
 for key, name in [("rn50", "ResNet-50"), ("vit", "ViT (default)")]:
-    glue(f"{key}_global_area", f"{stats[name]['global area'].mean():.2f}", display=False)
-    glue(f"{key}_local_area", f"{stats[name]['local area'].mean():.3f}", display=False)
-    glue(f"{key}_global_iou", f"{stats[name]['global IoU'].mean():.2f}", display=False)
-    glue(f"{key}_local_inside", f"{100 * stats[name]['local inside global'].mean():.0f}", display=False)
+    m = means[name]
+    glue(f"{key}_global_area", f"{m['global area']:.2f}", display=False)
+    glue(f"{key}_local_area", f"{m['local area']:.3f}", display=False)
+    glue(f"{key}_global_iou", f"{m['global IoU']:.2f}", display=False)
+    inside = 100 * m["local inside global"]
+    glue(f"{key}_local_inside", f"{inside:.0f}", display=False)
 
 # %% tags=["hide-input"]
 fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
 bins = np.linspace(0, 1, 51)
 for ax, (name, s) in zip(axes[:2], stats.items()):
-    ax.hist(s["local area"], bins=bins, color=LOCAL_COLOUR, alpha=0.8, label="local views")
-    ax.hist(s["global area"], bins=bins, color="tab:blue", alpha=0.6, label="global views")
-    ax.set(title=f"{name} recipe: crop areas", xlabel="crop area (fraction of the photo)", ylabel="number of crops")
+    ax.hist(s["local area"], bins, color=LOCAL_COLOUR, alpha=0.8, label="local")
+    ax.hist(s["global area"], bins, color="tab:blue", alpha=0.6, label="global")
+    ax.set(title=f"{name} recipe: crop areas", ylabel="number of crops",
+           xlabel="crop area (fraction of the photo)")
     ax.legend()
 for name, s in stats.items():
     axes[2].hist(s["global IoU"], bins=bins, histtype="step", lw=2, label=name)
-axes[2].set(title="overlap of the two global views", xlabel="IoU of global 1 and global 2", ylabel="number of images")
+axes[2].set(title="overlap of the two global views", ylabel="number of images",
+            xlabel="IoU of global 1 and global 2")
 axes[2].legend()
 fig.tight_layout()
 plt.show()
@@ -398,41 +435,49 @@ plt.show()
 # pipelines, so it always shows what the code does.
 
 # %% tags=["hide-input"]
-def describe(transform) -> list:
-    """(name, parameters) for every step of a torchvision Compose, flattened, in the order they run."""
-    if isinstance(transform, T.Compose):
-        return [step for t in transform.transforms for step in describe(t)]
-    if isinstance(transform, T.RandomApply):
-        return [(name, f"{params}, p = {transform.p}") for t in transform.transforms for name, params in describe(t)]
-    t = transform
+def describe(t) -> list:
+    """(step, parameters) for each step of a torchvision pipeline, in order."""
+    if isinstance(t, T.Compose):
+        return [step for inner in t.transforms for step in describe(inner)]
+    if isinstance(t, T.RandomApply):
+        return [(step, f"{params}, p = {t.p}")
+                for inner in t.transforms for step, params in describe(inner)]
     if isinstance(t, T.RandomResizedCrop):
-        return [("random resized crop", f"{t.size[0]} px, scale {tuple(round(x, 2) for x in t.scale)}, "
-                                        f"ratio (3/4, 4/3), {t.interpolation.value}")]
+        scale = tuple(round(x, 2) for x in t.scale)
+        return [("random resized crop", f"{t.size[0]} px, scale {scale}, "
+                 f"ratio (3/4, 4/3), {t.interpolation.value}")]
     if isinstance(t, T.RandomHorizontalFlip):
         return [("horizontal flip", f"p = {t.p}")]
     if isinstance(t, T.ColorJitter):
-        return [("colour jitter", f"brightness {t.brightness[1] - 1:.1f}, contrast {t.contrast[1] - 1:.1f}, "
-                                  f"saturation {t.saturation[1] - 1:.1f}, hue {t.hue[1]:.1f}")]
+        return [("colour jitter", f"brightness {t.brightness[1] - 1:.1f}, "
+                 f"contrast {t.contrast[1] - 1:.1f}, "
+                 f"saturation {t.saturation[1] - 1:.1f}, hue {t.hue[1]:.1f}")]
     if isinstance(t, T.RandomGrayscale):
         return [("grayscale", f"p = {t.p}")]
     if isinstance(t, RandomGaussianBlur):
-        return [("Gaussian blur", f"p = {t.p}, radius in [{t.radius_min}, {t.radius_max}]")]
+        return [("Gaussian blur",
+                 f"p = {t.p}, radius in [{t.radius_min}, {t.radius_max}]")]
     if isinstance(t, RandomSolarize):
         return [("solarization", f"p = {t.p}")]
     if isinstance(t, T.ToTensor):
-        return [("to tensor", "[0, 1]")]
+        return [("to tensor", "values in [0, 1]")]
     if isinstance(t, T.Normalize):
         return [("normalise", f"ImageNet mean {tuple(t.mean)}, std {tuple(t.std)}")]
     return [(type(t).__name__, repr(t))]
 
 
-columns = {"global 1": augment.global_transform_1, "global 2": augment.global_transform_2,
+columns = {"global 1": augment.global_transform_1,
+           "global 2": augment.global_transform_2,
            f"local (x {augment.local_crops_number})": augment.local_transform}
 steps = {name: dict(describe(pipeline)) for name, pipeline in columns.items()}
-order = list(dict.fromkeys(step for s in steps.values() for step in s))
-rows = ["| step | " + " | ".join(columns) + " |", "| --- " * (len(columns) + 1) + "|"]
+# Rows in the order of the longest pipeline, so that each step sits where it runs.
+longest_first = sorted(steps, key=lambda name: -len(steps[name]))
+order = list(dict.fromkeys(step for name in longest_first for step in steps[name]))
+rows = ["| step | " + " | ".join(columns) + " |",
+        "| --- " * (len(columns) + 1) + "|"]
 for step in order:
-    rows.append(f"| {step} | " + " | ".join(steps[name].get(step, "-") for name in columns) + " |")
+    cells = [steps[name].get(step, "-") for name in columns]
+    rows.append(f"| {step} | " + " | ".join(cells) + " |")
 display(Markdown("\n".join(rows)))
 
 # %% [markdown]
@@ -457,8 +502,8 @@ display(Markdown("\n".join(rows)))
 
 # %% tags=["hide-input"]
 set_seed(3)
-crop = TF.resized_crop(PHOTOS[0], *T.RandomResizedCrop.get_params(PHOTOS[0], [0.3, 0.6], [3 / 4, 4 / 3]),
-                       [224, 224], T.InterpolationMode.BICUBIC)
+box = T.RandomResizedCrop.get_params(PHOTOS[0], [0.3, 0.6], [3 / 4, 4 / 3])
+crop = TF.resized_crop(PHOTOS[0], *box, [224, 224], T.InterpolationMode.BICUBIC)
 alone = {
     "the crop": crop,
     "flip": TF.hflip(crop),
@@ -475,7 +520,8 @@ set_seed(4)
 axes[1, 0].imshow(crop)
 axes[1, 0].set_title("the crop")
 for i, ax in enumerate(axes[1, 1:]):
-    ax.imshow(show(T.Compose(augment.global_transform_2.transforms[1:])(crop)))  # every step after the crop
+    after_crop = T.Compose(augment.global_transform_2.transforms[1:])
+    ax.imshow(show(after_crop(crop)))
     ax.set_title(f"global 2, draw {i + 1}")
 for ax in axes.flat:
     ax.axis("off")
@@ -538,7 +584,8 @@ class MyGaussianBlur:
     def __call__(self, image: Image.Image) -> Image.Image:
         if torch.rand(()).item() >= self.p:
             return image
-        radius = self.radius_min + (self.radius_max - self.radius_min) * torch.rand(()).item()
+        u = torch.rand(()).item()
+        radius = self.radius_min + (self.radius_max - self.radius_min) * u
         return image.filter(ImageFilter.GaussianBlur(radius=radius))
 
 
@@ -550,15 +597,18 @@ class MySolarize:
         if torch.rand(()).item() >= self.p:
             return image
         pixels = np.asarray(image)
-        return Image.fromarray(np.where(pixels >= self.threshold, 255 - pixels, pixels).astype(np.uint8))
+        solarized = np.where(pixels >= self.threshold, 255 - pixels, pixels)
+        return Image.fromarray(solarized.astype(np.uint8))
 
 
 # %%
 def check_blur_and_solarize(blur_class, solarize_class, draws=12):
-    """Seeded, the learner's transforms and the package's must give identical pixels for several p."""
+    """Seeded, the learner's transforms and the package's give identical pixels."""
     photos = [photo.resize((160, 120)) for photo in PHOTOS]
     for p in (0.0, 0.1, 0.5, 1.0):
-        for mine, reference in [(blur_class(p), RandomGaussianBlur(p)), (solarize_class(p), RandomSolarize(p))]:
+        pairs = [(blur_class(p), RandomGaussianBlur(p)),
+                 (solarize_class(p), RandomSolarize(p))]
+        for mine, reference in pairs:
             for seed in range(draws):
                 photo = photos[seed % len(photos)]
                 set_seed(seed)
@@ -566,10 +616,12 @@ def check_blur_and_solarize(blur_class, solarize_class, draws=12):
                 set_seed(seed)
                 b = np.asarray(reference(photo))
                 assert a.shape == b.shape and np.array_equal(a, b), (
-                    f"{type(mine).__name__}(p={p}) differs from {type(reference).__name__} after set_seed({seed})")
-    assert np.array_equal(np.asarray(solarize_class(1.0)(photos[0])), np.asarray(ImageOps.solarize(photos[0]))), \
+                    f"{type(mine).__name__}(p={p}) differs from "
+                    f"{type(reference).__name__} after set_seed({seed})")
+    solarized = np.asarray(solarize_class(1.0)(photos[0]))
+    assert np.array_equal(solarized, np.asarray(ImageOps.solarize(photos[0]))), \
         "with p = 1 your solarization should equal PIL's ImageOps.solarize"
-    print("Correct: your blur and solarization match dino_tutorial.augment, draw for draw")
+    print("Correct: your blur and solarization match dino_tutorial.augment's")
 
 
 check_blur_and_solarize(MyGaussianBlur, MySolarize)
@@ -585,8 +637,9 @@ check_blur_and_solarize(MyGaussianBlur, MySolarize)
 # pipelines draw the same random numbers as the package's, and the check compares the ten views exactly.
 
 # %% tags=["raises-exception"]
-def build_view_pipelines(global_scale=(0.14, 1.0), local_scale=(0.05, 0.14), global_size=224, local_size=96):
-    """(global_1, global_2, local): three callables PIL image -> normalised (3, size, size) tensor."""
+def build_view_pipelines(global_scale=(0.14, 1.0), local_scale=(0.05, 0.14),
+                         global_size=224, local_size=96):
+    """(global_1, global_2, local): PIL image -> normalised (3, size, size)."""
     #################################################################
     # Fill in the blanks (...), then remove this line.
     raise NotImplementedError("Exercise 3: assemble the per-view pipelines")
@@ -594,8 +647,10 @@ def build_view_pipelines(global_scale=(0.14, 1.0), local_scale=(0.05, 0.14), glo
     bicubic = T.InterpolationMode.BICUBIC
     flip_and_colour = T.Compose([...])  # flip, colour jitter (p = 0.8), grayscale
     to_tensor = T.Compose([...])        # ToTensor, Normalize
-    global_1 = T.Compose([T.RandomResizedCrop(global_size, scale=global_scale, interpolation=bicubic),
-                          flip_and_colour, ..., to_tensor])
+    global_crop = T.RandomResizedCrop(global_size, global_scale,
+                                      interpolation=bicubic)
+    local_crop = T.RandomResizedCrop(local_size, local_scale, interpolation=bicubic)
+    global_1 = T.Compose([global_crop, flip_and_colour, ..., to_tensor])
     global_2 = ...
     local = ...
     return global_1, global_2, local
@@ -605,21 +660,26 @@ global_1, global_2, local = build_view_pipelines()
 
 # %% tags=["hide-cell"]
 # Solution to exercise 3
-def build_view_pipelines(global_scale=(0.14, 1.0), local_scale=(0.05, 0.14), global_size=224, local_size=96):
-    """(global_1, global_2, local): three callables PIL image -> normalised (3, size, size) tensor."""
+def build_view_pipelines(global_scale=(0.14, 1.0), local_scale=(0.05, 0.14),
+                         global_size=224, local_size=96):
+    """(global_1, global_2, local): PIL image -> normalised (3, size, size)."""
     bicubic = T.InterpolationMode.BICUBIC
     flip_and_colour = T.Compose([
         T.RandomHorizontalFlip(p=0.5),
-        T.RandomApply([T.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1)], p=0.8),
+        T.RandomApply([T.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.2,
+                                     hue=0.1)], p=0.8),
         T.RandomGrayscale(p=0.2),
     ])
     to_tensor = T.Compose([T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
-    global_1 = T.Compose([T.RandomResizedCrop(global_size, scale=global_scale, interpolation=bicubic),
-                          flip_and_colour, MyGaussianBlur(p=1.0), to_tensor])
-    global_2 = T.Compose([T.RandomResizedCrop(global_size, scale=global_scale, interpolation=bicubic),
-                          flip_and_colour, MyGaussianBlur(p=0.1), MySolarize(p=0.2), to_tensor])
-    local = T.Compose([T.RandomResizedCrop(local_size, scale=local_scale, interpolation=bicubic),
-                       flip_and_colour, MyGaussianBlur(p=0.5), to_tensor])
+    global_crop = T.RandomResizedCrop(global_size, global_scale,
+                                      interpolation=bicubic)
+    local_crop = T.RandomResizedCrop(local_size, local_scale, interpolation=bicubic)
+    global_1 = T.Compose([global_crop, flip_and_colour, MyGaussianBlur(p=1.0),
+                          to_tensor])
+    global_2 = T.Compose([global_crop, flip_and_colour, MyGaussianBlur(p=0.1),
+                          MySolarize(p=0.2), to_tensor])
+    local = T.Compose([local_crop, flip_and_colour, MyGaussianBlur(p=0.5),
+                       to_tensor])
     return global_1, global_2, local
 
 
@@ -627,7 +687,7 @@ global_1, global_2, local = build_view_pipelines()
 
 # %%
 def check_pipelines(build, seeds=range(4)):
-    """Seeded, the learner's pipelines must reproduce MultiCropAugmentation's ten views exactly."""
+    """Seeded, the learner's pipelines reproduce MultiCropAugmentation's views."""
     global_1, global_2, local = build()
     reference = MultiCropAugmentation()
     for seed in seeds:
@@ -635,11 +695,14 @@ def check_pipelines(build, seeds=range(4)):
         set_seed(seed)
         expected = reference(photo)
         set_seed(seed)
-        mine = [global_1(photo), global_2(photo)] + [local(photo) for _ in range(reference.local_crops_number)]
+        mine = [global_1(photo), global_2(photo)]
+        mine += [local(photo) for _ in range(reference.local_crops_number)]
         for i, (a, b) in enumerate(zip(mine, expected)):
-            assert a.shape == b.shape, f"view {i}: shape {tuple(a.shape)}, expected {tuple(b.shape)}"
-            assert torch.equal(a, b), f"view {i} differs from MultiCropAugmentation's after set_seed({seed})"
-    print("Correct: your pipelines reproduce dino_tutorial.augment.MultiCropAugmentation view for view")
+            assert a.shape == b.shape, (f"view {i} has shape {tuple(a.shape)}, "
+                                        f"expected {tuple(b.shape)}")
+            assert torch.equal(a, b), (f"view {i} differs from the package's "
+                                       f"after set_seed({seed})")
+    print("Correct: your pipelines reproduce MultiCropAugmentation's ten views")
 
 
 check_pipelines(build_view_pipelines)
@@ -672,7 +735,7 @@ torch.set_num_threads(threads)
 
 per_image_ms = {stage: 1000 * s / len(timed_paths) for stage, s in seconds.items()}
 images_per_second = len(timed_paths) / sum(seconds.values())
-GPU_IMAGES_PER_SECOND = 1000  # an example rate for a GPU training step, to size the data loading
+GPU_IMAGES_PER_SECOND = 1000  # an example training speed, to size the data loading
 processes_needed = math.ceil(GPU_IMAGES_PER_SECOND / images_per_second)
 glue("images_per_second", f"{images_per_second:.0f}", display=False)
 glue("ms_per_image", f"{1000 / images_per_second:.0f}", display=False)
@@ -681,9 +744,12 @@ glue("gpu_images_per_second", f"{GPU_IMAGES_PER_SECOND:,}", display=False)
 glue("slowest_stage", max(per_image_ms, key=per_image_ms.get), display=False)
 
 fig, ax = plt.subplots(figsize=(7, 2.2))
-ax.barh(list(per_image_ms)[::-1], list(per_image_ms.values())[::-1], color=["tab:green", "tab:blue", "0.5"])
+stages = list(per_image_ms)[::-1]
+ax.barh(stages, [per_image_ms[s] for s in stages],
+        color=["tab:green", "tab:blue", "0.5"])
 ax.set(xlabel="time per image (ms, one process)",
-       title=f"multi-crop pipeline on {len(timed_paths)} full-size photos: {images_per_second:.0f} images/s")
+       title=f"multi-crop pipeline on {len(timed_paths)} full-size photos: "
+             f"{images_per_second:.0f} images/s")
 fig.tight_layout()
 plt.show()
 print({stage: round(ms, 1) for stage, ms in per_image_ms.items()})
