@@ -46,7 +46,7 @@ def knn_classify(train_features: torch.Tensor, train_labels: torch.Tensor, test_
     train_features (N, D), train_labels (N,), test_features (M, D), test_labels (M,). Any M >= 1 works and
     k may exceed N (all training samples then vote). Test samples are processed in chunks so that the
     (chunk, N) similarity matrix holds at most ``max_chunk_elements`` numbers: 1.28M x 50k fits on a GPU or CPU.
-    Top-5 counts a hit among the min(5, num_classes) best-voted classes.
+    Top-5 counts a hit among the min(5, num_classes) best-voted classes that received at least one vote.
     """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
@@ -73,8 +73,9 @@ def knn_classify(train_features: torch.Tensor, train_labels: torch.Tensor, test_
         similarity, index = (queries @ train_features.T).topk(k, dim=1)                 # (m, k)
         votes = torch.zeros(len(queries), num_classes, device=device)
         votes.scatter_add_(1, train_labels[index], (similarity / T).exp())
-        predictions = votes.topk(min(5, num_classes), dim=1).indices                    # (m, 5)
-        hits = predictions == test_labels[start:start + chunk, None]
+        best_votes, predictions = votes.topk(min(5, num_classes), dim=1)               # (m, 5)
+        # a class counts only if it got a vote: zero-vote classes tie and their order would be arbitrary
+        hits = (predictions == test_labels[start:start + chunk, None]) & (best_votes > 0)
         top1 += hits[:, 0].sum().item()
         top5 += hits.any(dim=1).sum().item()
     n = len(test_features)

@@ -1,0 +1,75 @@
+"""Weighted k-NN (paper Sec. 4.1) against a brute-force implementation written independently."""
+import numpy as np
+import pytest
+import torch
+
+from dino_tutorial.knn import extract_features, knn_classify
+
+
+def brute_force_knn(train_f, train_l, test_f, test_l, k, T, num_classes):
+    """Loop over queries; sort all similarities; weighted votes; top-1 and top-5 in percent."""
+    train_f = train_f / np.linalg.norm(train_f, axis=1, keepdims=True)
+    test_f = test_f / np.linalg.norm(test_f, axis=1, keepdims=True)
+    top1 = top5 = 0
+    for q, label in zip(test_f, test_l):
+        sims = train_f @ q
+        nearest = np.argsort(-sims, kind="stable")[:k]
+        votes = np.zeros(num_classes)
+        for j in nearest:
+            votes[train_l[j]] += np.exp(sims[j] / T)
+        ranked = np.argsort(-votes, kind="stable")
+        top1 += ranked[0] == label
+        top5 += label in ranked[:min(5, num_classes)] and votes[label] > 0
+    return 100 * top1 / len(test_l), 100 * top5 / len(test_l)
+
+
+def clustered(n, classes, dim, rng, centers=None):
+    centers = rng.normal(size=(classes, dim)) if centers is None else centers
+    labels = rng.integers(0, classes, n)
+    return (centers[labels] + 1.5 * rng.normal(size=(n, dim))).astype(np.float32), labels
+
+
+@pytest.mark.parametrize("n_test, k", [(7, 20), (250, 20), (40, 1), (40, 500)])
+def test_knn_equals_brute_force(n_test, k):
+    rng = np.random.default_rng(n_test + k)
+    centers = rng.normal(size=(12, 16))
+    train_f, train_l = clustered(300, 12, 16, rng, centers)
+    test_f, test_l = clustered(n_test, 12, 16, rng, centers)
+    expected = brute_force_knn(train_f, train_l, test_f, test_l, min(k, 300), 0.07, 12)
+    got = knn_classify(torch.tensor(train_f), torch.tensor(train_l), torch.tensor(test_f), torch.tensor(test_l),
+                       k=k, T=0.07, num_classes=12)
+    assert got == pytest.approx(expected)
+
+
+def test_knn_works_with_fewer_than_100_test_images_and_tiny_chunks():
+    rng = np.random.default_rng(1)
+    centers = rng.normal(size=(3, 4))
+    train_f, train_l = clustered(50, 3, 4, rng, centers)
+    test_f, test_l = clustered(3, 3, 4, rng, centers)
+    args = [torch.tensor(x) for x in (train_f, train_l, test_f, test_l)]
+    whole = knn_classify(*args, k=5)
+    chunked = knn_classify(*args, k=5, max_chunk_elements=1)        # one query at a time
+    assert whole == chunked == pytest.approx(brute_force_knn(train_f, train_l, test_f, test_l, 5, 0.07, 3))
+
+
+def test_knn_is_perfect_on_the_training_set_with_k_1():
+    features = torch.randn(30, 8)
+    labels = torch.arange(30) % 4
+    assert knn_classify(features, labels, features, labels, k=1) == (100.0, 100.0)
+
+
+@pytest.mark.parametrize("kwargs, message", [({"k": 0}, "k must be >= 1, got 0"),
+                                             ({"T": 0.0}, "temperature T must be > 0, got 0.0")])
+def test_bad_knn_parameters_are_named(kwargs, message):
+    f, l = torch.randn(5, 3), torch.zeros(5, dtype=torch.long)
+    with pytest.raises(ValueError, match=message):
+        knn_classify(f, l, f, l, **kwargs)
+
+
+def test_extract_features_keeps_order_and_restores_train_mode():
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2))
+    model.train()
+    data = [(torch.ones(3, 2, 2) * i, torch.tensor([i, i, i])) for i in range(3)]
+    features, labels = extract_features(model, data, "cpu")
+    assert features.shape == (9, 2) and labels.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    assert model.training

@@ -1,0 +1,149 @@
+"""The DINO loss (paper Eq. 1-4) against cross-entropies computed by hand."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from dino_tutorial.loss import DINOLoss, collapse_stats
+
+
+def softmax(x, t):
+    z = np.exp((x - x.max(-1, keepdims=True)) / t)
+    return z / z.sum(-1, keepdims=True)
+
+
+def reference_loss(student, teacher, center, ncrops, tau_s, tau_t):
+    """Eq. 3 with a plain double loop over (global teacher view, student view), same-view pairs skipped."""
+    batch = teacher.shape[0] // 2
+    s_views = np.split(student, ncrops)
+    t_views = np.split(teacher, 2)
+    total, terms = 0.0, 0
+    for iq in range(2):
+        p = softmax(t_views[iq] - center, tau_t)
+        for v in range(ncrops):
+            if v == iq:
+                continue
+            z = s_views[v] / tau_s
+            log_q = z - z.max(-1, keepdims=True)
+            log_q = log_q - np.log(np.exp(log_q).sum(-1, keepdims=True))
+            total += np.mean(-(p * log_q).sum(-1))
+            terms += 1
+    assert terms == 2 * ncrops - 2
+    return total / terms
+
+
+def test_loss_equals_hand_computed_cross_entropy_on_a_tiny_example():
+    # B = 1, K = 2, two crops: loss = mean of H(P_t(x1), P_s(x2)) and H(P_t(x2), P_s(x1)).
+    student = torch.tensor([[0.0, 0.1], [0.1, 0.0]])
+    teacher = torch.tensor([[0.04, 0.0], [0.0, 0.0]])
+    loss = DINOLoss(2, ncrops=2, teacher_temp=0.04, student_temp=0.1)(student, teacher, epoch=0)
+    p1 = [math.e / (math.e + 1), 1 / (math.e + 1)]                 # softmax([1, 0])
+    p2 = [0.5, 0.5]
+    log_q2 = [math.log(math.e / (math.e + 1)), math.log(1 / (math.e + 1))]  # student view 2 = [1, 0] / 1
+    log_q1 = [math.log(1 / (math.e + 1)), math.log(math.e / (math.e + 1))]
+    h12 = -(p1[0] * log_q2[0] + p1[1] * log_q2[1])
+    h21 = -(p2[0] * log_q1[0] + p2[1] * log_q1[1])
+    assert loss.item() == pytest.approx((h12 + h21) / 2, rel=1e-6)
+
+
+@pytest.mark.parametrize("ncrops", [2, 3, 6])
+def test_loss_matches_double_loop_reference(ncrops):
+    rng = np.random.default_rng(ncrops)
+    batch, k = 4, 7
+    student = rng.normal(size=(ncrops * batch, k))
+    teacher = rng.normal(size=(2 * batch, k))
+    center = rng.normal(size=(1, k)) * 0.1
+    loss_fn = DINOLoss(k, ncrops, teacher_temp=0.05, student_temp=0.2)
+    loss_fn.center.copy_(torch.tensor(center))
+    expected = reference_loss(student, teacher, center, ncrops, 0.2, 0.05)
+    loss = loss_fn(torch.tensor(student, dtype=torch.float32), torch.tensor(teacher, dtype=torch.float32), 0)
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_loss_skips_same_view_pairs():
+    # Teacher view 1 is sharp on dimension 0, view 2 on dimension 1. The student's view 1 is sharp on
+    # dimension 1 and its view 2 on dimension 0: each matches the *other* teacher view and contradicts its own.
+    # Counting the two cross-view pairs only, the loss is ~0; a same-view pair would add ~ 20 / 0.1 nats.
+    batch, k = 3, 4
+    teacher = torch.zeros(2 * batch, k)
+    teacher[:batch, 0] = teacher[batch:, 1] = 1.0
+    student = torch.zeros(2 * batch, k)
+    student[:batch, 1] = student[batch:, 0] = 20.0
+    loss = DINOLoss(k, ncrops=2, teacher_temp=0.01, student_temp=0.1)(student, teacher, 0)
+    assert loss.item() < 1e-3
+
+
+@pytest.mark.parametrize("ncrops", [2, 4, 10])
+def test_loss_averages_over_two_times_ncrops_minus_two_pairs(ncrops):
+    # With uniform student outputs every pair's cross-entropy is ln K, whatever the teacher: the mean is ln K.
+    # Scaling one student local view's contribution shows the divisor: make that view's CE ln K + d.
+    batch, k = 2, 8
+    teacher = torch.randn(2 * batch, k)
+    student = torch.zeros(ncrops * batch, k)
+    base = DINOLoss(k, ncrops)(student, teacher, 0).item()
+    assert base == pytest.approx(math.log(k), rel=1e-5)
+    expected = reference_loss(student.numpy(), teacher.numpy(), np.zeros((1, k)), ncrops, 0.1, 0.04)
+    assert base == pytest.approx(expected, rel=1e-5)
+
+
+def test_center_is_an_ema_of_the_teacher_batch_mean():
+    k = 6
+    loss_fn = DINOLoss(k, 2, center_momentum=0.9)
+    t1, t2 = torch.randn(8, k), torch.randn(8, k)
+    loss_fn(torch.randn(8, k), t1, 0)
+    loss_fn(torch.randn(8, k), t2, 0)
+    c1 = 0.1 * t1.mean(0)
+    expected = 0.9 * c1 + 0.1 * t2.mean(0)
+    torch.testing.assert_close(loss_fn.center[0], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_center_is_updated_after_the_loss_is_computed():
+    k = 4
+    teacher = torch.randn(4, k) * 3
+    student = torch.randn(4, k)
+    fresh = DINOLoss(k, 2)(student, teacher, 0)
+    expected = reference_loss(student.numpy(), teacher.numpy(), np.zeros((1, k)), 2, 0.1, 0.04)
+    assert fresh.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_teacher_temperature_warms_up_linearly_then_stays():
+    loss_fn = DINOLoss(10, 4, warmup_teacher_temp=0.04, teacher_temp=0.07, warmup_teacher_temp_epochs=30, nepochs=100)
+    assert loss_fn.teacher_temp(0) == pytest.approx(0.04)
+    assert loss_fn.teacher_temp(29) == pytest.approx(0.07)
+    assert loss_fn.teacher_temp(15) == pytest.approx(0.04 + 0.03 * 15 / 29)
+    assert loss_fn.teacher_temp(99) == pytest.approx(0.07)
+    assert len(loss_fn.teacher_temp_schedule) == 100
+
+
+def test_gradient_flows_to_the_student_only():
+    student = torch.randn(6, 5, requires_grad=True)
+    teacher = torch.randn(4, 5, requires_grad=True)
+    DINOLoss(5, 3)(student, teacher, 0).backward()
+    assert student.grad is not None and student.grad.abs().sum() > 0
+    assert teacher.grad is None
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"ncrops": 1}, "ncrops must be >= 2"),
+    ({"teacher_temp": 0.0}, "teacher_temp must be > 0, got 0.0"),
+    ({"student_temp": -1.0}, "student_temp must be > 0, got -1.0"),
+    ({"center_momentum": 1.5}, "center_momentum must be in [0, 1], got 1.5"),
+])
+def test_bad_loss_parameters_name_the_value(kwargs, message):
+    args = {"out_dim": 4, "ncrops": 4, **kwargs}
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        DINOLoss(**args)
+
+
+def test_collapse_stats_recognise_uniform_and_one_hot_teachers():
+    k, batch, ncrops = 16, 8, 4
+    student = torch.zeros(ncrops * batch, k)
+    uniform = collapse_stats(student, torch.zeros(2 * batch, k), torch.zeros(1, k), teacher_temp=0.04)
+    assert uniform["teacher_entropy"] == pytest.approx(math.log(k), rel=1e-5)
+    assert uniform["kl"] == pytest.approx(0.0, abs=1e-5)          # student uniform too
+    dominant = torch.zeros(2 * batch, k)
+    dominant[:, 3] = 1.0                                          # every sample picks dimension 3
+    stats = collapse_stats(student, dominant, torch.zeros(1, k), teacher_temp=0.04)
+    assert stats["teacher_entropy"] < 0.01 and stats["center_entropy"] < 0.01
+    assert stats["kl"] == pytest.approx(math.log(k), rel=1e-3)    # KL(one-hot || uniform) = ln K
