@@ -84,11 +84,13 @@ def show(view: torch.Tensor) -> np.ndarray:
 # %% tags=["hide-input"]
 # The data: full-size photographs (imagenet-samples), else Imagenette's val images.
 try:
-    PHOTO_PATHS = sample_image_paths()
+    PHOTO_PATHS, problem = sample_image_paths(), None
 except FileNotFoundError as err:
+    PHOTO_PATHS, problem = [], err
+if problem:
     print(f"This chapter needs photographs: set DINO_DATA to a folder holding "
           f"imagenet-samples/ or imagenette-mini/, or run online so that "
-          f"Imagenette is downloaded into {resolve_data_root()} ({err})")
+          f"Imagenette is downloaded into {resolve_data_root()} ({problem})")
     raise SystemExit(1)
 
 
@@ -128,8 +130,8 @@ augment = MultiCropAugmentation()
 set_seed(0)
 views = augment(PHOTOS[0])
 shapes = [tuple(v.shape) for v in views]
-print(f"{len(views)} views:",
-      ", ".join(f"{shapes.count(s)} of shape {s}" for s in dict.fromkeys(shapes)))
+counts = ", ".join(f"{shapes.count(s)} of shape {s}" for s in dict.fromkeys(shapes))
+print(f"{len(views)} views: {counts}")
 
 # %% [markdown]
 # The views come back without the place they were cut from. To draw that place on the photograph, the cell
@@ -157,7 +159,7 @@ def views_with_boxes(augment: MultiCropAugmentation, image: Image.Image):
 set_seed(0)
 replayed, _ = views_with_boxes(augment, PHOTOS[0])
 same = all(torch.equal(a, b) for a, b in zip(views, replayed))
-print("replayed views equal augment(image):", same)
+print(f"replayed views equal augment(image): {same}")
 
 # %% tags=["hide-input"]
 GLOBAL_COLOURS, LOCAL_COLOUR = ["tab:blue", "tab:orange"], "tab:green"
@@ -209,7 +211,7 @@ plot_views(PHOTOS, augment)
 # views, dashed: the eight local views), then the views as the networks receive them (un-normalised for
 # display). The two global views overlap a lot and show most of the object; a local view often shows
 # a feather, a wheel or a patch of background. Every view is also flipped, recoloured, blurred or solarized
-# at random: Section 3 below takes those transforms one by one.
+# at random: Section 4 takes those transforms one by one.
 
 # %% [markdown]
 # ## Section 2: sampling a crop box
