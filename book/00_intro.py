@@ -64,8 +64,9 @@
 # perfectly and learn nothing. DINO prevents this with two opposing operations on the teacher's output only:
 # **centering**, subtracting a running mean $c$ of the teacher outputs,
 # $c \leftarrow m\,c + (1 - m)\,\frac{1}{B}\sum_{i=1}^{B} g_{\theta_t}(x_i)$ (Eq. 4), which stops one
-# dimension from dominating; and **sharpening**, a low teacher temperature ($\tau_t = 0.04$ against
-# $\tau_s = 0.1$), which stops the output from becoming uniform.
+# dimension from dominating; and **sharpening**, a low teacher temperature ($\tau_t$ between 0.04 and
+# 0.07 against $\tau_s = 0.1$; 0.04 in the ResNet-50 recipe), which stops the output from becoming
+# uniform.
 #
 # **What comes out.** After training, the head is thrown away and the backbone's features are evaluated
 # with a frozen-feature classifier: a weighted $k$-nearest-neighbour vote ($k = 20$) or a linear layer
@@ -264,7 +265,8 @@ plt.show()
 # gradient clipping, 10 warm-up epochs and a frozen last layer during the first epoch. Because ResNets use
 # BatchNorm, the networks are trained with synchronised BatchNorm across GPUs. The published ResNet-50
 # checkpoint was trained longer (800 epochs) with a much larger batch than the README command; chapter 08
-# runs the README recipe and chapter 09 compares the result with Table 2.
+# runs the README recipe (the package's `rn50_imagenet` preset) and chapter 09 compares the result with
+# Table 2.
 
 # %% [markdown]
 # ## How to use this course
