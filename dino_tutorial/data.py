@@ -7,10 +7,13 @@ torchvision's Imagenette (downloaded there when missing and online) and ``imagen
 """
 from __future__ import annotations
 
+import itertools
 import os
+import sys
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
+import torch
 from PIL import Image
 from torchvision.datasets import ImageFolder
 
@@ -130,3 +133,66 @@ def sample_image_paths(n: Optional[int] = None, root: Optional[str | os.PathLike
     if not paths:
         raise FileNotFoundError(f"no images found in {folder}")
     return paths[:n] if n is not None else paths
+
+
+class TrainingViews(torch.utils.data.Dataset):
+    """Training samples whose random views depend only on (seed, epoch, index).
+
+    Each ``__getitem__`` seeds torch's generator from the triple before the transform runs, so a sample's views
+    are the same whichever worker loads it and wherever a run resumes: this makes resuming in the middle of
+    an epoch, and the ``deterministic`` setting, exact. With ``skip_bad_images``, an unreadable file is
+    reported (one line on stderr and in ``bad_images_log``) and the sample is dropped from its batch instead of
+    stopping the run; ``collate_views`` counts the drops.
+    """
+
+    def __init__(self, dataset: ImageFolderDataset, seed: int = 0, skip_bad_images: bool = False,
+                 bad_images_log: Optional[str | os.PathLike] = None):
+        self.dataset, self.seed, self.epoch = dataset, seed, 0
+        self.skip_bad_images, self.bad_images_log = skip_bad_images, bad_images_log
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        torch.manual_seed((self.seed * 1_000_003 + self.epoch) * 10_000_019 + index)
+        try:
+            return self.dataset[index]
+        except BadImageError as err:
+            if not self.skip_bad_images:
+                raise
+            print(f"skipping unreadable image: {err}", file=sys.stderr)
+            if self.bad_images_log:
+                with open(self.bad_images_log, "a") as f:
+                    f.write(f"epoch {self.epoch}\t{self.dataset.samples[index][0]}\t{err}\n")
+            return None
+
+
+def collate_views(samples):
+    """Stack [(views, label), ...] into ([crop batch per view], labels, number of skipped samples)."""
+    kept = [s for s in samples if s is not None]
+    if not kept:
+        return None, None, len(samples)
+    views = [torch.stack([s[0][v] for s in kept]) for v in range(len(kept[0][0]))]
+    labels = torch.tensor([s[1] for s in kept])
+    return views, labels, len(samples) - len(kept)
+
+
+class ResumableSampler(torch.utils.data.DistributedSampler):
+    """A DistributedSampler (shuffled by seed and epoch, drop_last) that can start part-way through an epoch."""
+
+    def __init__(self, dataset, num_replicas: int, rank: int, seed: int):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=True)
+        self.start_index = 0
+
+    def set_start(self, epoch: int, start_index: int) -> None:
+        self.set_epoch(epoch)
+        self.start_index = start_index
+
+    def __iter__(self):
+        return itertools.islice(super().__iter__(), self.start_index, None)
+
+    def __len__(self) -> int:
+        return self.num_samples - self.start_index

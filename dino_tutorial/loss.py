@@ -14,7 +14,8 @@ Together they avoid both collapses (Sec. 5.3, Fig. 7).
 """
 from __future__ import annotations
 
-from typing import Dict
+import math
+from typing import Dict, Optional
 
 import numpy as np
 import torch
@@ -114,3 +115,21 @@ def collapse_stats(student_output: torch.Tensor, teacher_output: torch.Tensor, c
     same_view = torch.eye(2, ncrops, dtype=torch.bool, device=kl.device)
     return {"teacher_entropy": entropy.mean().item(), "center_entropy": center_entropy.item(),
             "kl": kl[~same_view].mean().item()}
+
+
+def diagnose_collapse(teacher_entropy: float, center_entropy: float, out_dim: int) -> Optional[str]:
+    """A one-line warning when the teacher's outputs show a collapse (paper Sec. 5.3), else None.
+
+    Uniform collapse: every teacher distribution is close to uniform (entropy above 95% of ln K); the loss then
+    sits at ln K. Dominant-dimension collapse: the batch-mean distribution puts nearly all its mass on one
+    dimension (its entropy below 5% of ln K), i.e. every image gets the same output.
+    """
+    ln_k = math.log(out_dim)
+    if teacher_entropy > 0.95 * ln_k:
+        return (f"uniform collapse: teacher entropy {teacher_entropy:.2f} is near ln K = {ln_k:.2f}; sharpen more "
+                f"(lower teacher_temp), raise momentum_teacher with small batches, or check the learning rate")
+    if center_entropy < 0.05 * ln_k:
+        return (f"one dimension dominates: entropy of the mean teacher output {center_entropy:.2f} is near 0 "
+                f"(ln K = {ln_k:.2f}); centering is too weak (lower center_momentum) or the teacher temperature "
+                f"too low")
+    return None

@@ -21,7 +21,10 @@ import json
 import math
 import os
 import random
+import signal
+import threading
 import time
+import warnings
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Dict, Optional, Tuple
@@ -30,14 +33,14 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import DataLoader, DistributedSampler, Subset
+from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
 from .augment import MultiCropAugmentation, eval_transform
-from .data import BadImageError, imagenet, split_folder
+from .data import BadImageError, ResumableSampler, TrainingViews, collate_views, imagenet, split_folder
 from .knn import extract_features, knn_classify
-from .loss import DINOLoss, collapse_stats
+from .loss import DINOLoss, collapse_stats, diagnose_collapse
 from .model import DINOHead, MultiCropWrapper, build_backbone
 from .optim import build_optimizer, cancel_last_layer_gradients, clip_gradients
 from .schedules import cosine_schedule
@@ -98,6 +101,8 @@ class TrainConfig:
     seed: int = 0
     deterministic: bool = False
     resume: str = "auto"                 # auto: output_dir/checkpoint.pth if present | none | a path
+    save_every_iters: int = 0            # also checkpoint every N iterations inside an epoch; 0 = at epoch ends
+    skip_bad_images: bool = False        # False: an unreadable image stops the run, naming the file
     progress: bool = True
 
     @classmethod
@@ -116,7 +121,7 @@ class TrainConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         non_negative = ("local_crops_number", "warmup_epochs", "freeze_last_layer", "knn_every", "knn_per_class",
-                        "train_per_class", "max_iters_per_epoch", "num_workers", "clip_grad", "min_lr",
+                        "train_per_class", "max_iters_per_epoch", "num_workers", "clip_grad", "min_lr", "save_every_iters",
                         "weight_decay", "weight_decay_end", "warmup_teacher_temp_epochs")
         for name in non_negative:
             if getattr(self, name) < 0:
@@ -190,11 +195,41 @@ def setup_distributed(config: TrainConfig) -> Tuple[int, int, torch.device]:
 
 
 def _loader(dataset, batch_size: int, config: TrainConfig, device: torch.device, sampler=None,
-            shuffle_generator: Optional[torch.Generator] = None, drop_last: bool = False) -> DataLoader:
+            drop_last: bool = False, collate_fn=None) -> DataLoader:
     workers = min(config.num_workers, os.cpu_count() or 1)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
-                      pin_memory=device.type == "cuda", drop_last=drop_last, generator=shuffle_generator,
-                      persistent_workers=False)
+                      pin_memory=device.type == "cuda", drop_last=drop_last, collate_fn=collate_fn)
+
+
+class StopRequest:
+    """Turns SIGTERM / SIGINT into a flag the loop checks after each iteration (then it checkpoints and exits)."""
+
+    def __init__(self):
+        self.signal: Optional[int] = None
+        self._previous: Dict[int, object] = {}
+
+    def __enter__(self) -> "StopRequest":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt                       # a second Ctrl-C stops at once
+        self.signal = signum
+
+    def agreed(self, world_size: int, device: torch.device) -> bool:
+        """True on every process as soon as any process got a signal."""
+        if world_size == 1:
+            return self.signal is not None
+        flag = torch.tensor([float(self.signal is not None)], device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
 
 
 @torch.no_grad()
@@ -237,158 +272,226 @@ def _amp_dtype(config: TrainConfig, device: torch.device) -> Optional[torch.dtyp
     return torch.bfloat16
 
 
-def train(config: TrainConfig) -> Dict[str, float]:
-    """Train DINO as ``config`` says; returns the last epoch's metrics (and writes them to log.jsonl)."""
-    config.validate()
-    rank, world_size, device = setup_distributed(config)
-    is_main = rank == 0
-    show_progress = is_main and config.progress and not os.environ.get("TQDM_DISABLE")
-    output_dir = Path(config.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    if config.deterministic:
-        torch.use_deterministic_algorithms(True)
-        torch.backends.cudnn.benchmark = False
-    elif device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-    set_seed(config.seed)
+class Trainer:
+    """Builds everything a run needs from a config, then trains epoch by epoch (see the module docstring)."""
 
-    # ---- data: multi-crop views of the training split, a different shard on every process
-    augmentation = MultiCropAugmentation(config.global_crops_scale, config.local_crops_scale,
-                                         config.local_crops_number, config.global_size, config.local_size)
-    dataset = imagenet(config.data_path, "train", augmentation, per_class=config.train_per_class or None)
-    if len(dataset) < config.batch_size_per_gpu * world_size:
-        raise ValueError(f"{len(dataset)} training images cannot fill one batch of "
-                         f"{config.batch_size_per_gpu} x {world_size} processes")
-    sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=config.seed,
-                                 drop_last=True)
-    generator = torch.Generator()
-    loader = _loader(dataset, config.batch_size_per_gpu, config, device, sampler, generator, drop_last=True)
-    niter = len(loader) if not config.max_iters_per_epoch else min(len(loader), config.max_iters_per_epoch)
+    def __init__(self, config: TrainConfig):
+        config.validate()
+        self.config = config
+        self.rank, self.world_size, self.device = setup_distributed(config)
+        self.is_main = self.rank == 0
+        self.show_progress = self.is_main and config.progress and not os.environ.get("TQDM_DISABLE")
+        self.output_dir = Path(config.output_dir)
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        if config.deterministic:
+            torch.use_deterministic_algorithms(True)
+            torch.backends.cudnn.benchmark = False
+        elif self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        set_seed(config.seed)
+        self._build_data()
+        self._build_models()
+        self._build_schedules()
 
-    # ---- student, teacher, loss, optimizer
-    backbone, feature_dim = build_backbone(config.arch, small_images=config.small_images)
-    head = DINOHead(feature_dim, config.out_dim, use_bn=config.use_bn_in_head, norm_last_layer=config.norm_last_layer,
-                    hidden_dim=config.head_hidden_dim, bottleneck_dim=config.head_bottleneck_dim)
-    student = MultiCropWrapper(backbone, head)
-    if world_size > 1 and device.type == "cuda":
-        student = nn.SyncBatchNorm.convert_sync_batchnorm(student)
-    memory_format = torch.channels_last if (config.channels_last and device.type == "cuda") else torch.contiguous_format
-    student = student.to(device, memory_format=memory_format)
-    teacher = make_teacher(student)
-    student_ddp = nn.parallel.DistributedDataParallel(
-        student, device_ids=[device.index] if device.type == "cuda" else None) if world_size > 1 else student
-    student_fn = torch.compile(student_ddp) if config.compile else student_ddp
-    teacher_fn = torch.compile(teacher) if config.compile else teacher
-    ncrops = 2 + config.local_crops_number
-    dino_loss = DINOLoss(config.out_dim, ncrops, config.warmup_teacher_temp, config.teacher_temp,
-                         config.warmup_teacher_temp_epochs, config.epochs, config.student_temp,
-                         config.center_momentum).to(device)
-    optimizer = build_optimizer(config.optimizer, student)
-    amp_dtype = _amp_dtype(config, device)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    def _build_data(self) -> None:
+        """Multi-crop views of the training split; every process reads its own shard."""
+        c = self.config
+        augmentation = MultiCropAugmentation(c.global_crops_scale, c.local_crops_scale, c.local_crops_number,
+                                             c.global_size, c.local_size)
+        images = imagenet(c.data_path, "train", augmentation, per_class=c.train_per_class or None)
+        if len(images) < c.batch_size_per_gpu * self.world_size:
+            raise ValueError(f"{len(images)} training images cannot fill one batch of "
+                             f"{c.batch_size_per_gpu} x {self.world_size} processes")
+        self.dataset = TrainingViews(images, c.seed, c.skip_bad_images, self.output_dir / "bad_images.log")
+        self.sampler = ResumableSampler(self.dataset, self.world_size, self.rank, c.seed)
+        self.loader = _loader(self.dataset, c.batch_size_per_gpu, c, self.device, self.sampler, drop_last=True,
+                              collate_fn=collate_views)
+        self.niter = len(self.loader) if not c.max_iters_per_epoch else min(len(self.loader), c.max_iters_per_epoch)
 
-    total_batch = config.batch_size_per_gpu * world_size
-    lr_schedule = cosine_schedule(config.lr * total_batch / 256, config.min_lr, config.epochs, niter,
-                                  config.warmup_epochs)
-    wd_schedule = cosine_schedule(config.weight_decay, config.weight_decay_end, config.epochs, niter)
-    momentum_schedule = cosine_schedule(config.momentum_teacher, 1.0, config.epochs, niter)
+    def _build_models(self) -> None:
+        """Student (backbone + head), its EMA teacher, the loss with its centre, the optimizer."""
+        c, device = self.config, self.device
+        backbone, feature_dim = build_backbone(c.arch, small_images=c.small_images)
+        head = DINOHead(feature_dim, c.out_dim, use_bn=c.use_bn_in_head, norm_last_layer=c.norm_last_layer,
+                        hidden_dim=c.head_hidden_dim, bottleneck_dim=c.head_bottleneck_dim)
+        student = MultiCropWrapper(backbone, head)
+        if self.world_size > 1 and device.type == "cuda":
+            student = nn.SyncBatchNorm.convert_sync_batchnorm(student)
+        self.memory_format = (torch.channels_last if c.channels_last and device.type == "cuda"
+                              else torch.contiguous_format)
+        self.student = student.to(device, memory_format=self.memory_format)
+        self.teacher = make_teacher(self.student)
+        ddp = nn.parallel.DistributedDataParallel(
+            self.student, device_ids=[device.index] if device.type == "cuda" else None) if self.world_size > 1 \
+            else self.student
+        self.student_fn = torch.compile(ddp) if c.compile else ddp
+        self.teacher_fn = torch.compile(self.teacher) if c.compile else self.teacher
+        self.dino_loss = DINOLoss(c.out_dim, 2 + c.local_crops_number, c.warmup_teacher_temp, c.teacher_temp,
+                                  c.warmup_teacher_temp_epochs, c.epochs, c.student_temp, c.center_momentum).to(device)
+        self.optimizer = build_optimizer(c.optimizer, self.student)
+        self.amp_dtype = _amp_dtype(c, device)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
 
-    # ---- resume
-    start_epoch, last = 0, {}
-    resume_path = output_dir / ckpt.CHECKPOINT_NAME if config.resume == "auto" else (
-        None if config.resume == "none" else Path(config.resume))
-    if resume_path is not None and resume_path.is_file():
-        state = ckpt.load(resume_path, map_location=device)
-        student.load_state_dict(state["student"])
-        teacher.load_state_dict(state["teacher"])
-        optimizer.load_state_dict(state["optimizer"])
-        dino_loss.load_state_dict(state["dino_loss"])
-        scaler.load_state_dict(state["scaler"])
-        start_epoch = state["epoch"]
-        if is_main:
-            print(f"resumed from {resume_path} at epoch {start_epoch}")
-    log_path = output_dir / "log.jsonl"
-    if start_epoch == 0 and is_main and log_path.exists():
-        log_path.unlink()                                       # a fresh run starts a fresh log
+    def _build_schedules(self) -> None:
+        c = self.config
+        self.total_batch = c.batch_size_per_gpu * self.world_size
+        self.lr_schedule = cosine_schedule(c.lr * self.total_batch / 256, c.min_lr, c.epochs, self.niter,
+                                           c.warmup_epochs)
+        self.wd_schedule = cosine_schedule(c.weight_decay, c.weight_decay_end, c.epochs, self.niter)
+        self.momentum_schedule = cosine_schedule(c.momentum_teacher, 1.0, c.epochs, self.niter)
 
-    def log(record: Dict) -> None:
-        if is_main:
-            with open(log_path, "a") as f:
+    # ---- checkpoints and logs
+    def save_checkpoint(self, epochs_done: int, iteration: int, partial_sums: Dict[str, float]) -> None:
+        """Atomic checkpoint after ``epochs_done`` epochs and ``iteration`` iterations of the next one."""
+        if self.is_main:
+            ckpt.save(self.output_dir / ckpt.CHECKPOINT_NAME, {
+                "epoch": epochs_done, "iteration": iteration, "partial_sums": partial_sums,
+                "student": self.student.state_dict(), "teacher": self.teacher.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "dino_loss": self.dino_loss.state_dict(),
+                "scaler": self.scaler.state_dict(), "config": asdict(self.config)})
+
+    def resume(self) -> Tuple[int, int, Dict[str, float]]:
+        """(epoch, iteration, partial metric sums) to start from: a checkpoint's, or zeros for a fresh run."""
+        c = self.config
+        path = self.output_dir / ckpt.CHECKPOINT_NAME if c.resume == "auto" else (
+            None if c.resume == "none" else Path(c.resume))
+        if path is None or not path.is_file():
+            if self.is_main and (self.output_dir / "log.jsonl").exists():
+                (self.output_dir / "log.jsonl").unlink()      # a fresh run starts a fresh log
+            return 0, 0, {}
+        state = ckpt.load(path, map_location=self.device)
+        self.student.load_state_dict(state["student"])
+        self.teacher.load_state_dict(state["teacher"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.dino_loss.load_state_dict(state["dino_loss"])
+        self.scaler.load_state_dict(state["scaler"])
+        if self.is_main:
+            where = f", iteration {state['iteration']}" if state["iteration"] else ""
+            print(f"resumed from {path} at epoch {state['epoch']}{where}")
+        return state["epoch"], state["iteration"], state["partial_sums"]
+
+    def log(self, record: Dict) -> None:
+        if self.is_main:
+            with open(self.output_dir / "log.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
 
-    if start_epoch == 0 and config.knn_every:
-        top1, top5 = knn_evaluate(teacher.backbone, config, device, rank, world_size)
-        log({"epoch": 0, "knn_top1": top1, "knn_top5": top5})
-        if is_main:
-            print(f"k-NN of the randomly initialised network: top-1 {top1:.2f}%, top-5 {top5:.2f}%")
+    def knn(self) -> Tuple[float, float]:
+        return knn_evaluate(self.teacher.backbone, self.config, self.device, self.rank, self.world_size)
 
-    for epoch in range(start_epoch, config.epochs):
-        # Re-seed from (seed, epoch, rank): a resumed run sees exactly the views an uninterrupted run would.
-        set_seed(config.seed + 1000 * epoch + rank)
-        generator.manual_seed(config.seed + 1000 * epoch + rank)
-        sampler.set_epoch(epoch)
-        student.train()
-        sums: Dict[str, float] = {}
+    # ---- training
+    def fit(self) -> Dict[str, float]:
+        """Train until ``config.epochs``; returns the last epoch's record ({"interrupted": True, ...} on a signal)."""
+        c = self.config
+        epoch, start_iter, sums = self.resume()
+        if epoch == 0 and start_iter == 0 and c.knn_every:
+            top1, top5 = self.knn()
+            self.log({"epoch": 0, "knn_top1": top1, "knn_top5": top5})
+            if self.is_main:
+                print(f"k-NN of the randomly initialised network: top-1 {top1:.2f}%, top-5 {top5:.2f}%")
+        last: Dict[str, float] = {}
+        with StopRequest() as stop:
+            for epoch in range(epoch, c.epochs):
+                record = self.train_one_epoch(epoch, start_iter, sums, stop)
+                if record is None:
+                    return {"interrupted": True, "epoch": epoch}
+                last, start_iter, sums = record, 0, {}
+        if self.world_size > 1:
+            dist.destroy_process_group()
+        return last
+
+    def train_one_epoch(self, epoch: int, start_iter: int, sums: Dict[str, float],
+                        stop: StopRequest) -> Optional[Dict[str, float]]:
+        """One epoch from iteration ``start_iter``; returns its log record, or None when a signal stopped it."""
+        c, device = self.config, self.device
+        # Views depend on (seed, epoch, sample index) only, so a resumed run sees exactly the views an
+        # uninterrupted run would, whichever worker loads them.
+        set_seed(c.seed + 1000 * epoch + self.rank)
+        self.dataset.set_epoch(epoch)
+        self.sampler.set_start(epoch, start_iter * c.batch_size_per_gpu)
+        self.student.train()
         start = time.time()
-        bar = tqdm(total=niter, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not show_progress)
-        for i, (crops, _) in enumerate(loader):
-            if i >= niter:
+        bar = tqdm(total=self.niter, initial=start_iter, desc=f"epoch {epoch + 1}/{c.epochs}",
+                   disable=not self.show_progress)
+        for i, (crops, _, skipped) in enumerate(self.loader, start=start_iter):
+            if i >= self.niter:
                 break
-            it = epoch * niter + i
-            for g, group in enumerate(optimizer.param_groups):
-                group["lr"] = float(lr_schedule[it])          # plain floats keep the checkpoint weights_only
-                if g == 0:
-                    group["weight_decay"] = float(wd_schedule[it])
-            crops = [c.to(device, non_blocking=True, memory_format=memory_format) for c in crops]
-            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                with torch.no_grad():
-                    teacher_out = teacher_fn(crops[:2])
-                student_out = student_fn(crops)
-                stats = collapse_stats(student_out, teacher_out, dino_loss.center, dino_loss.teacher_temp(epoch),
-                                       config.student_temp)
-                loss = dino_loss(student_out, teacher_out, epoch)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"loss is {loss.item()} at epoch {epoch + 1}, iteration {i + 1}: likely causes are fp16 overflow "
-                    f"(try amp=bf16 or none), a learning rate too high (lr={lr_schedule[it]:.3g}) or a teacher "
-                    f"temperature too low ({dino_loss.teacher_temp(epoch)}); the last checkpoint is intact")
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            if config.clip_grad:
-                clip_gradients(student, config.clip_grad)
-            cancel_last_layer_gradients(student, epoch, config.freeze_last_layer)
-            scaler.step(optimizer)
-            scaler.update()
-            ema_update(teacher, student, float(momentum_schedule[it]))
-
-            for key, value in {"loss": loss.item(), **stats}.items():
-                sums[key] = sums.get(key, 0.0) + value
-            bar.set_postfix(loss=f"{loss.item():.3f}", H_t=f"{stats['teacher_entropy']:.2f}")
+            sums["skipped_images"] = sums.get("skipped_images", 0) + skipped
+            if crops is not None:
+                loss, stats = self.train_step(crops, epoch, epoch * self.niter + i, i)
+                for key, value in {"loss": loss, **stats}.items():
+                    sums[key] = sums.get(key, 0.0) + value
+                bar.set_postfix(loss=f"{loss:.3f}", H_t=f"{stats['teacher_entropy']:.2f}")
             bar.update()
+            if stop.agreed(self.world_size, device):
+                self.save_checkpoint(epoch, i + 1, sums)
+                if self.is_main:
+                    print(f"stopped by signal {stop.signal} at epoch {epoch + 1}, iteration {i + 1}: checkpoint "
+                          f"saved; run the same command again to resume")
+                bar.close()
+                return None
+            if c.save_every_iters and (i + 1) % c.save_every_iters == 0 and i + 1 < self.niter:
+                self.save_checkpoint(epoch, i + 1, sums)
         bar.close()
         elapsed = time.time() - start
-        record = {"epoch": epoch + 1, **{k: v / niter for k, v in sums.items()}, "lr": float(lr_schedule[it]),
-                  "weight_decay": float(wd_schedule[it]), "teacher_momentum": float(momentum_schedule[it]),
-                  "teacher_temp": dino_loss.teacher_temp(epoch), "epoch_time_s": elapsed,
-                  "images_per_s": niter * total_batch / elapsed}
-        if config.knn_every and ((epoch + 1) % config.knn_every == 0 or epoch + 1 == config.epochs):
-            record["knn_top1"], record["knn_top5"] = knn_evaluate(teacher.backbone, config, device, rank, world_size)
-        log(record)
-        if is_main:
-            ckpt.save(output_dir / ckpt.CHECKPOINT_NAME, {
-                "epoch": epoch + 1, "student": student.state_dict(), "teacher": teacher.state_dict(),
-                "optimizer": optimizer.state_dict(), "dino_loss": dino_loss.state_dict(),
-                "scaler": scaler.state_dict(), "config": asdict(config)})
+        it = (epoch + 1) * self.niter - 1
+        skipped = int(sums.pop("skipped_images", 0))
+        record = {"epoch": epoch + 1, **{k: v / self.niter for k, v in sums.items()}, "skipped_images": skipped,
+                  "lr": float(self.lr_schedule[it]), "weight_decay": float(self.wd_schedule[it]),
+                  "teacher_momentum": float(self.momentum_schedule[it]),
+                  "teacher_temp": self.dino_loss.teacher_temp(epoch), "epoch_time_s": elapsed,
+                  "images_per_s": (self.niter - start_iter) * self.total_batch / elapsed}
+        if c.knn_every and ((epoch + 1) % c.knn_every == 0 or epoch + 1 == c.epochs):
+            record["knn_top1"], record["knn_top5"] = self.knn()
+        self.log(record)
+        self.save_checkpoint(epoch + 1, 0, {})
+        if self.is_main:
             knn = f", k-NN top-1 {record['knn_top1']:.2f}%" if "knn_top1" in record else ""
-            print(f"epoch {epoch + 1}/{config.epochs}: loss {record['loss']:.4f}, teacher entropy "
+            print(f"epoch {epoch + 1}/{c.epochs}: loss {record['loss']:.4f}, teacher entropy "
                   f"{record['teacher_entropy']:.3f}{knn}, {elapsed:.0f} s")
-        if world_size > 1:
+            warning = diagnose_collapse(record["teacher_entropy"], record["center_entropy"], c.out_dim)
+            if warning:
+                warnings.warn(f"epoch {epoch + 1}: {warning}", RuntimeWarning, stacklevel=2)
+            if skipped:
+                print(f"epoch {epoch + 1}: skipped {skipped} unreadable image(s), listed in bad_images.log")
+        if self.world_size > 1:
             dist.barrier()
-        last = record
-    if world_size > 1:
-        dist.destroy_process_group()
-    return last
+        return record
+
+    def train_step(self, crops, epoch: int, it: int, i: int) -> Tuple[float, Dict[str, float]]:
+        """One DINO iteration (global iteration ``it``, iteration ``i`` of the epoch); returns (loss, collapse stats)."""
+        c, device = self.config, self.device
+        for g, group in enumerate(self.optimizer.param_groups):
+            group["lr"] = float(self.lr_schedule[it])                # plain floats keep checkpoints weights_only
+            if g == 0:
+                group["weight_decay"] = float(self.wd_schedule[it])
+        crops = [x.to(device, non_blocking=True, memory_format=self.memory_format) for x in crops]
+        with torch.autocast(device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
+            with torch.no_grad():
+                teacher_out = self.teacher_fn(crops[:2])
+            student_out = self.student_fn(crops)
+            stats = collapse_stats(student_out, teacher_out, self.dino_loss.center,
+                                   self.dino_loss.teacher_temp(epoch), c.student_temp)
+            loss = self.dino_loss(student_out, teacher_out, epoch)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"loss is {loss.item()} at epoch {epoch + 1}, iteration {i + 1}: likely causes are fp16 overflow "
+                f"(try amp=bf16 or none), a learning rate too high (lr={self.lr_schedule[it]:.3g}) or a teacher "
+                f"temperature too low ({self.dino_loss.teacher_temp(epoch)}); the last checkpoint is intact")
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        if c.clip_grad:
+            clip_gradients(self.student, c.clip_grad)
+        cancel_last_layer_gradients(self.student, epoch, c.freeze_last_layer)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        ema_update(self.teacher, self.student, float(self.momentum_schedule[it]))
+        return loss.item(), stats
+
+
+def train(config: TrainConfig) -> Dict[str, float]:
+    """Train DINO as ``config`` says; returns the last epoch's metrics (also written to output_dir/log.jsonl)."""
+    return Trainer(config).fit()
 
 
 def main(argv=None) -> None:
