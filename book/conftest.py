@@ -1,0 +1,1 @@
+collect_ignore = ["08_full_training.ipynb"]
