@@ -126,6 +126,8 @@ except ImportError:  # outside the book's toolchain (in Colab): nothing to glue
 plt.rcParams.update({"figure.dpi": 100, "axes.titlesize": 10, "axes.labelsize": 10})
 NOTEBOOK_START = time.time()
 REPO = Path(dino_tutorial.__file__).resolve().parents[1]
+if not (REPO / "pyproject.toml").exists():  # the package is installed, not a checkout: runs/ goes here
+    REPO = Path.cwd()
 
 
 class BadParameter(Exception):
@@ -289,9 +291,12 @@ display(Markdown("| setting | value |\n| --- | --- |\n" + "\n".join(f"| {k} | {v
 # BatchNorm statistics are synchronised (`SyncBatchNorm`), as in the authors' code. Interrupting the cell
 # stops the child processes. `launcher="torchrun"` takes this path on one GPU or the CPU as well.
 #
-# **Resuming.** The trainer writes `checkpoint.pth` atomically after every epoch. When `output_dir` already
-# holds one and `resume=True`, the run continues from it, with the exact state of the student, teacher,
-# optimiser, loss centre and random generators; a complete run skips straight to the evaluation.
+# **Resuming.** The trainer writes `checkpoint.pth` atomically after every epoch, and also when it is stopped
+# by a signal (the notebook's stop button, `kill`, a cluster's time limit), then at the current iteration.
+# When `output_dir` already holds one and `resume=True`, the run continues from it, with the exact state of the
+# student, teacher, optimiser and loss centre, and the same views; a complete run skips straight to the
+# evaluation. A run that was stopped ends this cell with a message, so that a half-trained network is never
+# evaluated as if it were finished.
 
 # %%
 def config_flags(config: TrainConfig) -> list:
@@ -348,9 +353,13 @@ if launcher == "torchrun" or (launcher == "auto" and gpus > 1):
     run_streaming(command)
 else:
     train(config)
-train_seconds = time.time() - train_start
 if torch.cuda.is_available():
     torch.cuda.empty_cache()
+# A signal (the stop button, a cluster's time limit) makes the trainer save a checkpoint mid-epoch and return.
+last_epoch = max((r["epoch"] for r in logged_epochs(run_dir)), default=0)
+if last_epoch < config.epochs:
+    raise KeyboardInterrupt(f"training stopped after epoch {last_epoch} of {config.epochs}; its checkpoint is "
+                            f"saved: run this notebook again to resume")
 
 # %% [markdown]
 # ### Several machines
@@ -493,7 +502,8 @@ print(f"linear on frozen features:    top-1 {linear_top1:.2f}%, top-5 {linear_to
 if torch.cuda.is_available() and gpus:
     hardware = f"{gpus}x {torch.cuda.get_device_name(0)}"
 else:
-    hardware = f"CPU ({torch.get_num_threads()} thread(s))"
+    threads = torch.get_num_threads()
+    hardware = f"CPU, {threads} thread{'s' if threads > 1 else ''}"
 records = logged_epochs(run_dir)
 trained = [r for r in records if r["epoch"] > 0]
 train_images = sum(min(n, config.train_per_class or n) for n in image_counts["train"].values())
@@ -539,12 +549,15 @@ glue("wall_minutes", f"{float(summary['wall_time_s']) / 60:.1f}", display=False)
 # accuracy would be lower and noisier from epoch to epoch.
 # ```
 #
-# ```{admonition} Think! A run stops at epoch 37 (the machine was taken back). What is lost when it is started again?
+# ```{admonition} Think! A run is stopped during epoch 38 (the cluster takes the machine back). What is lost when it is started again?
 # :class: dropdown
-# At most the part of epoch 38 that was under way: the checkpoint of epoch 37 holds the student, the teacher,
-# the optimiser's momentum buffers, the loss's centre and the mixed-precision scaler, and every epoch re-seeds
-# its random generators from (seed, epoch, rank), so the resumed run sees the same views as an uninterrupted
-# one. The log keeps its 37 lines and grows from there; the k-NN point of epoch 40 comes when it would have.
+# If the stop came as a signal (SIGTERM, which clusters send before they kill a job, or the stop button),
+# nothing: the trainer finishes the current iteration and checkpoints there. If the process died without
+# warning (SIGKILL, a power cut), the iterations of epoch 38 since the last checkpoint, which was the end of
+# epoch 37 unless `save_every_iters` asked for more. Either way the checkpoint holds the student, the teacher,
+# the optimiser's momentum buffers, the loss's centre and the mixed-precision scaler, and the views of an
+# image depend only on (seed, epoch, image), so the resumed run sees what an uninterrupted one would have.
+# The log keeps its 37 lines and grows from there; the k-NN point of epoch 40 comes when it would have.
 # ```
 #
 # ## Summary
