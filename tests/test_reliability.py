@@ -102,3 +102,10 @@ def test_skip_bad_images_counts_and_logs_every_skipped_file(tiny_folder, tmp_pat
                                warmup_epochs=0, skip_bad_images=True))
     assert record["skipped_images"] == 1
     assert str(bad) in (tmp_path / "run" / "bad_images.log").read_text()
+
+
+def test_kill_resume_script_survives_sigkill_during_training_and_checkpoint_writes():
+    import sys
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+    import kill_resume
+    assert kill_resume.main(["--kills", "2", "--epochs", "2", "--max-delay", "2"]) == 0
