@@ -298,9 +298,14 @@ plt.show()
 # jupyter-book build .                       # the book, in _build/html
 # ```
 #
-# **Train it for real.** The full ImageNet run is a notebook with a `parameters` cell, executed with
-# [papermill](https://papermill.readthedocs.io): tiny parameters in CI, the real ones on GPUs,
-# `papermill -k python3 INPUT.ipynb OUTPUT.ipynb -p NAME VALUE ...` (chapter 08 lists its parameters).
+# **Train it for real.** The full ImageNet run, {doc}`08_full_training`, is a notebook with a `parameters`
+# cell, executed with [papermill](https://papermill.readthedocs.io): tiny parameters in CI, the real ones on
+# GPUs. From the repository root:
+#
+# ```bash
+# papermill -k python3 book/08_full_training.ipynb runs/rn50_imagenet.ipynb \
+#     -p data_path /data/imagenet -p output_dir runs/rn50_imagenet
+# ```
 #
 # **Exercises.** Every chapter asks you to write the central pieces yourself. A coding exercise is a cell
 # with `...` blanks that raises `NotImplementedError` until you fill it in; the solution follows in a
@@ -319,7 +324,7 @@ plt.show()
 # | {doc}`05 k-NN evaluation <05_knn_evaluation>` | frozen features, the weighted $k$-NN classifier, retrieval | `knn` |
 # | 06 Training loop | schedules, freezing the last layer, clipping, mixed precision, a short real run | `schedules`, `train` |
 # | 07 Emerging properties | what a DINO ResNet-50 learns: feature maps, retrieval, salient objects | `analysis` |
-# | 08 Full ImageNet training | the papermill run on one or many GPUs, resuming, logs, final $k$-NN | `train` |
-# | 09 Results | what was reproduced, against the paper's Table 2 | - |
+# | {doc}`08 Full ImageNet training <08_full_training>` | the papermill run on one or many GPUs, resuming, logs, final $k$-NN | `train` |
+# | {doc}`09 Results <09_results>` | what was reproduced, against the paper's Table 2 | - |
 #
 # Start with {doc}`01_multi_crop`.
