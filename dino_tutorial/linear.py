@@ -77,14 +77,14 @@ def train_linear_classifier(train_features: torch.Tensor, train_labels: torch.Te
     _check_pair(train_features, train_labels, "train")
     _check_labels(train_labels, num_classes, "train")
 
-    x = train_features.to(device, torch.float32)
+    x = train_features.to(device, torch.float32, copy=True)          # a copy: standardised in place below
     y = train_labels.to(device).long()
     n, dim = x.shape
     # Standardise each dimension; a constant dimension (std 0, e.g. a channel no image activates) keeps scale 1.
     mean = x.mean(dim=0)
     std = x.std(dim=0, unbiased=False)
     std = torch.where(std > 1e-8, std, torch.ones_like(std))
-    x = (x - mean) / std
+    x.sub_(mean).div_(std)                                           # in place: one (N, D) copy in memory
 
     layer = nn.utils.skip_init(nn.Linear, dim, num_classes, device=device)   # no random init: zeros below
     nn.init.zeros_(layer.weight)

@@ -77,6 +77,13 @@ def test_returned_layer_takes_raw_features_whatever_their_scale():
     assert b[0] == pytest.approx(by_hand)
 
 
+def test_the_caller_s_features_are_left_unchanged():
+    x, y = torch.randn(40, 3) * 5 + 2, torch.randint(0, 2, (40,))
+    before = x.clone()
+    train_linear_classifier(x, y, 2, epochs=2)
+    assert torch.equal(x, before)
+
+
 def test_constant_feature_dimensions_do_not_break_training():
     x = torch.randn(50, 6)
     x[:, 2] = 0.0                                           # a channel that no image activates
