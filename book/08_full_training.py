@@ -22,7 +22,7 @@
 # [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/dino-tutorial/dino-tutorial/blob/main/book/08_full_training.ipynb)
 #
 # **Estimated time:** 20 minutes to read; the smoke run below took {glue:text}`wall_minutes` minutes on a CPU.
-# The full run takes days of GPU time (it was not made for this book; see chapter 09).
+# The full run was not made for this book; chapter 09 quotes the one published timing of a comparable run.
 #
 # ```{important}
 # **The outputs on this page come from a smoke run**: a ResNet-18 trained for a few iterations on
@@ -143,7 +143,7 @@ def shown(path: Path) -> str:
 # %% [markdown]
 # ## Check everything before the run
 #
-# A full run costs days of GPU time, so everything that can be wrong is checked first, and a problem stops
+# A full run holds GPUs for a long time, so everything that can be wrong is checked first, and a problem stops
 # the notebook here with one line that names it: a parameter of the wrong type, a preset that does not exist,
 # GPUs that are not there, data that is not in the ImageFolder layout.
 
@@ -181,7 +181,7 @@ print(f"parameters: preset {preset}, {'smoke run' if smoke else 'full run'}, "
 # %% [markdown]
 # The data must be an ImageFolder tree, `train/<class>/<image>` and `val/<class>/<image>`, with the same class
 # folders in both splits ([data/README.md](https://github.com/dino-tutorial/dino-tutorial/blob/main/data/README.md)
-# turns the ImageNet archives into it). Counting the files of ImageNet takes a few seconds.
+# turns the ImageNet archives into it). The check counts the image files of every class folder.
 
 # %%
 def count_images(split_dir: Path) -> dict:
