@@ -23,6 +23,7 @@ All randomness comes from ``torch``'s generator, so ``torch.manual_seed`` makes 
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 import warnings
@@ -165,21 +166,39 @@ def adjust_hue(x: torch.Tensor, shift: float) -> torch.Tensor:
     return weight.mul_(chroma).neg_().add_(high)
 
 
+@functools.lru_cache(maxsize=64)
+def _replicated_columns(n: int, half: int) -> torch.Tensor:
+    """(n, 2 * half + 1) column of each tap of a kernel centred on every pixel, edges replicated."""
+    return (torch.arange(n).unsqueeze(1) + torch.arange(-half, half + 1)).clamp_(0, n - 1)
+
+
+def _blur_matrix(kernel: torch.Tensor, n: int) -> torch.Tensor:
+    """The (n, n) matrix that filters a line of n pixels with ``kernel`` (edges replicated)."""
+    columns = _replicated_columns(n, len(kernel) // 2)
+    return torch.zeros(n, n).scatter_add_(1, columns, kernel.expand(n, -1))
+
+
 def gaussian_blur(x: torch.Tensor, radius: float) -> torch.Tensor:
-    """Separable blur of a (C, H, W) float image with PIL's kernel for ``radius``; edges are replicated."""
-    kernel = blur_kernel(radius).tolist()
-    half = len(kernel) // 2
-    height, width = x.shape[-2:]
+    """Separable blur of a (C, H, W) float image with PIL's kernel for ``radius``; edges are replicated.
+
+    Small images (96 px views) are filtered as two matrix products, larger ones by shifted additions.
+    """
+    kernel = blur_kernel(radius)
+    channels, height, width = x.shape
+    if channels * max(height, width) <= 288:
+        return _blur_matrix(kernel, height) @ x @ _blur_matrix(kernel, width).T
+    weights = kernel.tolist()
+    half = len(weights) // 2
     padded = F.pad(x.unsqueeze(0), (half, half, 0, 0), mode="replicate")[0]
-    out = padded[..., half:half + width] * kernel[half]
+    out = padded[..., half:half + width] * weights[half]
     for t in range(1, half + 1):
-        out.add_(padded[..., half + t:half + t + width], alpha=kernel[half + t])
-        out.add_(padded[..., half - t:half - t + width], alpha=kernel[half - t])
+        out.add_(padded[..., half + t:half + t + width], alpha=weights[half + t])
+        out.add_(padded[..., half - t:half - t + width], alpha=weights[half - t])
     padded = F.pad(out.unsqueeze(0), (0, 0, half, half), mode="replicate")[0]
-    out = padded[:, half:half + height] * kernel[half]
+    out = padded[:, half:half + height] * weights[half]
     for t in range(1, half + 1):
-        out.add_(padded[:, half + t:half + t + height], alpha=kernel[half + t])
-        out.add_(padded[:, half - t:half - t + height], alpha=kernel[half - t])
+        out.add_(padded[:, half + t:half + t + height], alpha=weights[half + t])
+        out.add_(padded[:, half - t:half - t + height], alpha=weights[half - t])
     return out
 
 
@@ -217,7 +236,8 @@ def render_view(pixels: torch.Tensor, params: ViewParams, size: int, box_scale: 
         out = out ^ ((out >> 7) * np.uint8(255))          # v >= 128 becomes 255 - v (PIL's solarize at 128)
     if params.flip:
         out = out[..., ::-1]
-    out = np.broadcast_to(out, (3, size, size))           # a grayscale view has one channel until here
+    if out.shape[0] == 1:                                 # a grayscale view has one channel until here
+        out = np.broadcast_to(out, (3, size, size))
     return torch.from_numpy(np.ascontiguousarray(out))
 
 

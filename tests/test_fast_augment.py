@@ -243,3 +243,21 @@ def test_normalize_uint8_matches_float_normalisation():
     assert normalize_uint8(batch[0], dtype=torch.bfloat16).dtype == torch.bfloat16
     with pytest.raises(TypeError, match="uint8"):
         normalize_uint8(batch.float())
+
+
+@pytest.mark.parametrize("shape", [(3, 64, 64), (1, 96, 96), (3, 200, 200), (1, 40, 300)])
+def test_blur_is_pils_kernel_with_replicated_edges(shape):
+    """Both ways of filtering (matrix products for small views, shifted sums for large) give the same blur."""
+    from dino_tutorial.fast_augment import blur_kernel, gaussian_blur
+    torch.manual_seed(0)
+    x = torch.rand(shape) * 255
+    for radius in (0.1, 1.0, 2.0):
+        kernel = blur_kernel(radius)
+        half = len(kernel) // 2
+        assert abs(kernel.sum().item() - 1) < 1e-5
+        variance = (kernel * torch.arange(-half, half + 1.0) ** 2).sum().item()
+        assert abs(variance - radius ** 2) < 1e-4                      # PIL's blur has variance radius ** 2
+        padded = torch.nn.functional.pad(x.unsqueeze(0), (half,) * 4, mode="replicate")[0].unsqueeze(1)
+        expected = torch.nn.functional.conv2d(torch.nn.functional.conv2d(padded, kernel.view(1, 1, 1, -1)),
+                                              kernel.view(1, 1, -1, 1)).squeeze(1)
+        torch.testing.assert_close(gaussian_blur(x, radius), expected, atol=1e-3, rtol=1e-5)
