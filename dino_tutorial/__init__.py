@@ -3,6 +3,7 @@
 Caron et al., "Emerging Properties in Self-Supervised Vision Transformers", ICCV 2021, arXiv 2104.14294.
 Modules, in the order of the course: ``augment`` (multi-crop), ``model`` (backbone, head, multi-crop
 wrapper), ``teacher`` (EMA teacher), ``loss`` (the DINO loss), ``schedules``, ``knn`` (evaluation),
-``optim`` (parameter groups, clipping, LARS), ``train`` (the trainer), ``analysis`` and ``data``.
+``linear`` (linear evaluation), ``optim`` (parameter groups, clipping, LARS), ``train`` (the trainer),
+``checkpoint`` and ``data``.
 """
 __version__ = "0.1.0"

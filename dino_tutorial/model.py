@@ -14,23 +14,45 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")
+BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet18_w32", "resnet18_w16")
+
+
+def narrow_resnet18(width: int) -> torchvision.models.ResNet:
+    """ResNet-18's layout (BasicBlocks [2, 2, 2, 2], stem, strides) with stage widths w, 2w, 4w, 8w instead of 64..512.
+
+    Width 16 has 1/16 of ResNet-18's multiply-adds: the CPU-sized backbone of the ``small`` preset.
+    """
+    net = torchvision.models.resnet18(weights=None)
+    net.inplanes = width
+    net.conv1 = nn.Conv2d(3, width, kernel_size=7, stride=2, padding=3, bias=False)
+    net.bn1 = nn.BatchNorm2d(width)
+    for i, name in enumerate(("layer1", "layer2", "layer3", "layer4")):
+        setattr(net, name, net._make_layer(torchvision.models.resnet.BasicBlock, width * 2 ** i, 2,
+                                           stride=1 if i == 0 else 2))
+    net.fc = nn.Linear(8 * width, 1000)
+    for m in net.modules():                       # the same initialisation as torchvision's ResNet
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+    return net
 
 
 def build_backbone(name: str = "resnet50", small_images: bool = False) -> Tuple[nn.Module, int]:
     """A randomly initialised torchvision ResNet with its classifier replaced by the identity.
 
     Returns ``(backbone, feature_dim)``: the backbone maps (B, 3, H, W) images to (B, feature_dim)
-    pooled features (2048 for ResNet-50, 512 for ResNet-18/34). ``small_images=True`` replaces the
-    7x7/2 stem and its max-pool by a 3x3/1 convolution (the usual change for images of 32-64 px).
+    pooled features (2048 for ResNet-50, 512 for ResNet-18/34, 8w for ``resnet18_w{w}``). ``small_images=True``
+    replaces the 7x7/2 stem and its max-pool by a 3x3/1 convolution (the usual change for images of 32-64 px).
     """
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
-    backbone = getattr(torchvision.models, name)(weights=None)
+    if "_w" in name:
+        backbone = narrow_resnet18(int(name.split("_w")[1]))
+    else:
+        backbone = getattr(torchvision.models, name)(weights=None)
     feature_dim = backbone.fc.in_features
     backbone.fc = nn.Identity()
     if small_images:
-        backbone.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+        backbone.conv1 = nn.Conv2d(3, backbone.bn1.num_features, kernel_size=3, stride=1, padding=1, bias=False)
         backbone.maxpool = nn.Identity()
     return backbone, feature_dim
 

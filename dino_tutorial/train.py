@@ -133,7 +133,8 @@ class TrainConfig:
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.warmup_epochs > self.epochs:
-            raise ValueError(f"warmup_epochs ({self.warmup_epochs}) must not exceed epochs ({self.epochs})")
+            raise ValueError(f"warmup_epochs ({self.warmup_epochs}) must not exceed epochs ({self.epochs}); "
+                             f"lower it with --warmup-epochs")
         if self.warmup_teacher_temp_epochs > self.epochs:
             raise ValueError(f"warmup_teacher_temp_epochs ({self.warmup_teacher_temp_epochs}) must not exceed "
                              f"epochs ({self.epochs})")
@@ -233,19 +234,22 @@ class StopRequest:
 
 
 @torch.no_grad()
+def embed_split(backbone: nn.Module, config: TrainConfig, split: str, device: torch.device, rank: int = 0,
+                world_size: int = 1) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Frozen features (N, D) and labels (N,) of a split, centre crops at ``knn_image_size``, on every process."""
+    dataset = imagenet(config.data_path, split, eval_transform(config.knn_image_size),
+                       per_class=config.knn_per_class or None)
+    shard = Subset(dataset, range(rank, len(dataset), world_size))          # every process embeds 1/world
+    loader = _loader(shard, 2 * config.batch_size_per_gpu, config, device)
+    features, labels = extract_features(backbone, loader, device)
+    return _gather_shards(features, labels, len(dataset), world_size, device)
+
+
 def knn_evaluate(backbone: nn.Module, config: TrainConfig, device: torch.device, rank: int = 0,
                  world_size: int = 1) -> Tuple[float, float]:
     """k-NN top-1/top-5 (percent) of ``backbone`` features, train split as the bank, val split as queries."""
-    transform = eval_transform(config.knn_image_size)
-    per_class = config.knn_per_class or None
-    results = []
-    for split in ("train", "val"):
-        dataset = imagenet(config.data_path, split, transform, per_class=per_class)
-        shard = Subset(dataset, range(rank, len(dataset), world_size))      # every process embeds 1/world
-        loader = _loader(shard, 2 * config.batch_size_per_gpu, config, device)
-        features, labels = extract_features(backbone, loader, device)
-        results.append(_gather_shards(features, labels, len(dataset), world_size, device))
-    (train_f, train_l), (val_f, val_l) = results
+    train_f, train_l = embed_split(backbone, config, "train", device, rank, world_size)
+    val_f, val_l = embed_split(backbone, config, "val", device, rank, world_size)
     return knn_classify(train_f.to(device), train_l, val_f.to(device), val_l, k=config.knn_k,
                         T=config.knn_temperature)
 
@@ -393,7 +397,7 @@ class Trainer:
             for epoch in range(epoch, c.epochs):
                 record = self.train_one_epoch(epoch, start_iter, sums, stop)
                 if record is None:
-                    return {"interrupted": True, "epoch": epoch}
+                    return {"interrupted": True, "epoch": epoch, "signal": stop.signal}
                 last, start_iter, sums = record, 0, {}
         if self.world_size > 1:
             dist.destroy_process_group()
@@ -499,9 +503,11 @@ def main(argv=None) -> None:
     from .cli import parse_config
     config = parse_config(argv)
     try:
-        train(config)
+        result = train(config)
     except (BadImageError, FloatingPointError) as err:
-        sys.exit(f"error: {err}")
+        sys.exit(f"error: {str(err).strip().splitlines()[-1]}")
+    if result.get("interrupted"):
+        sys.exit(128 + result["signal"])          # the shell convention: schedulers can tell "stopped" from "done"
 
 
 if __name__ == "__main__":

@@ -83,3 +83,16 @@ def test_resolution_groups_are_consecutive_runs():
     shapes = [64, 64, 32, 32, 32, 64]
     crops = [torch.zeros(1, 3, s, s) for s in shapes]
     assert MultiCropWrapper.resolution_groups(crops) == [(0, 2), (2, 5), (5, 6)]
+
+
+def test_narrow_resnet18_keeps_the_layout_with_a_fraction_of_the_width():
+    narrow, dim = build_backbone("resnet18_w16")
+    full, _ = build_backbone("resnet18")
+    assert dim == 8 * 16
+    assert [n for n, _ in narrow.named_children()] == [n for n, _ in full.named_children()]
+    assert narrow.layer4[1].conv2.out_channels == 128 and narrow.conv1.out_channels == 16
+    with torch.no_grad():
+        assert narrow.eval()(torch.randn(2, 3, 64, 64)).shape == (2, 128)
+    n_narrow = sum(p.numel() for p in narrow.parameters())
+    n_full = sum(p.numel() for p in full.parameters())
+    assert 1 / 20 < n_narrow / n_full < 1 / 12           # conv weights scale with width squared
