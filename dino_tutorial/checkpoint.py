@@ -42,3 +42,25 @@ def load(path: str | os.PathLike, map_location: Any = "cpu") -> Dict[str, Any]:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:
         raise RuntimeError(f"checkpoint {path} cannot be loaded ({err})") from err
+
+
+def export_backbone(checkpoint_path: str | os.PathLike, out_path: str | os.PathLike, network: str = "teacher") -> None:
+    """Write only the backbone weights of a training checkpoint (the teacher's by default: the paper evaluates the
+    teacher), with the architecture needed to rebuild it: a small file for sharing and for the chapters."""
+    if network not in ("teacher", "student"):
+        raise ValueError(f"network must be 'teacher' or 'student', got {network!r}")
+    state = load(checkpoint_path)
+    prefix = "backbone."
+    weights = {k[len(prefix):]: v for k, v in state[network].items() if k.startswith(prefix)}
+    config = state["config"]
+    save(out_path, {"arch": config["arch"], "small_images": config["small_images"], "backbone": weights,
+                    "epochs": state["epoch"], "source": str(checkpoint_path), "network": network})
+
+
+def load_backbone(path: str | os.PathLike, map_location: Any = "cpu"):
+    """(backbone, feature_dim) rebuilt from ``export_backbone``'s file, in eval mode."""
+    from .model import build_backbone
+    state = load(path, map_location=map_location)
+    backbone, dim = build_backbone(state["arch"], small_images=state["small_images"])
+    backbone.load_state_dict(state["backbone"])
+    return backbone.eval(), dim

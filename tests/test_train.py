@@ -122,3 +122,14 @@ def test_torchrun_runs_two_cpu_processes_with_gloo(tiny_folder, tmp_path):
     records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [0, 1]
     assert ckpt.load(out / "checkpoint.pth")["epoch"] == 1
+
+
+@pytest.mark.slow
+def test_exported_teacher_backbone_reloads_with_identical_features(tiny_folder, tmp_path):
+    train(tiny_config(tiny_folder, tmp_path / "run", knn_every=0, epochs=1, warmup_epochs=0))
+    ckpt.export_backbone(tmp_path / "run" / "checkpoint.pth", tmp_path / "backbone.pth")
+    backbone, dim = ckpt.load_backbone(tmp_path / "backbone.pth")
+    teacher = ckpt.load(tmp_path / "run" / "checkpoint.pth")["teacher"]
+    assert dim == 512
+    for name, value in backbone.state_dict().items():
+        assert torch.equal(value, teacher["backbone." + name])
