@@ -268,6 +268,20 @@ def _gather_shards(features, labels, total: int, world_size: int, device) -> Tup
     return interleaved[:, :-1], interleaved[:, -1].long()
 
 
+def _check_crop_sizes(images, global_size: int, samples: int = 16) -> None:
+    """Fail before any work when the typical image is smaller than a global crop (a few small ones are fine)."""
+    from PIL import Image
+    step = max(1, len(images.samples) // samples)
+    sides = []
+    for path, _ in images.samples[::step][:samples]:
+        with Image.open(path) as img:                    # reads the header only
+            sides.append(min(img.size))
+    median = sorted(sides)[len(sides) // 2]
+    if median < global_size:
+        raise ValueError(f"global_size {global_size} is larger than the images: their median short side is "
+                         f"{median} px over {len(sides)} sampled; lower --global-size")
+
+
 def _amp_dtype(config: TrainConfig, device: torch.device) -> Optional[torch.dtype]:
     if config.amp == "none" or (config.amp == "auto" and device.type != "cuda"):
         return None
@@ -303,6 +317,7 @@ class Trainer:
         augmentation = MultiCropAugmentation(c.global_crops_scale, c.local_crops_scale, c.local_crops_number,
                                              c.global_size, c.local_size)
         images = imagenet(c.data_path, "train", augmentation, per_class=c.train_per_class or None)
+        _check_crop_sizes(images, c.global_size)
         if len(images) < c.batch_size_per_gpu * self.world_size:
             raise ValueError(f"{len(images)} training images cannot fill one batch of "
                              f"{c.batch_size_per_gpu} x {self.world_size} processes")

@@ -109,3 +109,9 @@ def test_kill_resume_script_survives_sigkill_during_training_and_checkpoint_writ
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
     import kill_resume
     assert kill_resume.main(["--kills", "2", "--epochs", "2", "--max-delay", "2"]) == 0
+
+
+def test_crops_larger_than_the_images_fail_before_any_work(tiny_folder, tmp_path):
+    with pytest.raises(ValueError, match="global_size 64 is larger than the images: their median short side is 40"):
+        train(tiny_config(tiny_folder, tmp_path / "run", global_size=64, knn_every=0))
+    assert not (tmp_path / "run" / "checkpoint.pth").exists()
