@@ -1,0 +1,172 @@
+"""Where are the objects? Reading a ResNet's last feature map (paper Sec. 4.2, Fig. 1 and Fig. 3).
+
+The paper finds that the self-attention of a DINO Vision Transformer segments the main object of an image
+although no label or mask was ever used. A ResNet has no attention; what it has is its last convolutional
+feature map, (B, C, h, w) before the global average pool: C = 2048 and h = w = 7 for a 224 px image on
+ResNet-50 (one position per 32 x 32 pixel cell). This module reads that map in three label-free ways:
+
+- ``pca_rgb``: the first principal components of all positions of a batch, shown as colours; positions that
+  the network describes alike get alike colours (the visualisation of DINOv2, Oquab et al. 2023, Fig. 1).
+- ``foreground_mask``: the first component thresholded at zero (co-localisation by Deep Descriptor
+  Transforming, Wei et al. 2017), or the feature-norm ``saliency`` thresholded at its mean (the aggregation
+  map of SCDA, Wei et al. 2017).
+- ``masked_mean``: a feature pooled over a mask only, to test what the mask holds.
+
+``mask_iou`` scores a mask against another and ``upsample`` brings any map to the image's size.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+RESNET_STAGES = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
+
+
+@torch.no_grad()
+def feature_map(backbone: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """The last convolutional feature map of a torchvision ResNet: conv1 ... layer4, no avgpool, no fc.
+
+    images (B, 3, H, W) -> (B, C, h, w), with h = ceil(H / 32) for the standard stem (H / 8 for the
+    ``small_images`` stem of ``build_backbone``). Its spatial mean is the backbone's pooled feature. The
+    backbone's mode is left as it is: call ``backbone.eval()`` first so BatchNorm uses running statistics.
+    """
+    missing = [name for name in RESNET_STAGES if not hasattr(backbone, name)]
+    if missing:
+        raise ValueError(f"feature_map needs a torchvision ResNet; this module has no {', '.join(missing)}")
+    x = images
+    for name in RESNET_STAGES:
+        x = getattr(backbone, name)(x)
+    return x
+
+
+def _positions(feature_maps: torch.Tensor) -> torch.Tensor:
+    """(B, C, h, w) -> (B * h * w, C): one row per spatial position, images one after another."""
+    if feature_maps.ndim != 4:
+        raise ValueError(f"feature maps must be (B, C, h, w), got shape {tuple(feature_maps.shape)}")
+    return feature_maps.permute(0, 2, 3, 1).reshape(-1, feature_maps.shape[1])
+
+
+def principal_components(feature_maps: torch.Tensor, n_components: int = 3) -> torch.Tensor:
+    """Projections of every position on the first principal components of all positions of the batch.
+
+    (B, C, h, w) -> (B, h, w, n_components), in float32. The positions of all images are pooled (so a colour
+    means the same thing in every image), centred, and projected on the top right-singular vectors of the
+    centred (B h w, C) matrix. A component's sign is arbitrary; it is fixed so that its largest loading is
+    positive, which makes the result reproducible.
+    """
+    B, C, h, w = feature_maps.shape
+    if not 1 <= n_components <= min(C, B * h * w):
+        raise ValueError(f"n_components must be in [1, {min(C, B * h * w)}], got {n_components}")
+    x = _positions(feature_maps).double()
+    x = x - x.mean(dim=0)
+    _, _, vt = torch.linalg.svd(x, full_matrices=False)           # rows of vt: principal directions
+    directions = vt[:n_components]                                 # (n, C)
+    largest = directions.abs().argmax(dim=1)
+    directions = directions * directions.gather(1, largest[:, None]).sign()
+    return (x @ directions.T).float().reshape(B, h, w, n_components)
+
+
+def pca_rgb(feature_maps: torch.Tensor, n_components: int = 3) -> torch.Tensor:
+    """``principal_components`` scaled to [0, 1], each component by its min and max over the whole batch.
+
+    (B, C, h, w) -> (B, h, w, n_components); with 3 components, an RGB image for ``imshow`` (upsample first).
+    """
+    p = principal_components(feature_maps, n_components)
+    low = p.amin(dim=(0, 1, 2))
+    high = p.amax(dim=(0, 1, 2))
+    return (p - low) / (high - low).clamp_min(1e-12)
+
+
+def saliency(feature_maps: torch.Tensor) -> torch.Tensor:
+    """Class-agnostic saliency: the L2 norm of the feature at each position, min-max scaled per image.
+
+    (B, C, h, w) -> (B, h, w) in [0, 1]; 1 at each image's strongest position (an image whose norms are all
+    equal gets zeros). After the last ReLU every feature is >= 0, so a large norm means many channels fire.
+    """
+    norm = feature_maps.float().norm(dim=1)                        # (B, h, w)
+    low = norm.amin(dim=(1, 2), keepdim=True)
+    high = norm.amax(dim=(1, 2), keepdim=True)
+    return (norm - low) / (high - low).clamp_min(1e-12)
+
+
+def _centre_weight(h: int, w: int) -> torch.Tensor:
+    """(h, w): +1 on the central half of each axis, -1 elsewhere (a border with no centre gets -1)."""
+    rows = (torch.arange(h) + 0.5) / h
+    cols = (torch.arange(w) + 0.5) / w
+    inside = ((rows - 0.5).abs() < 0.25)[:, None] & ((cols - 0.5).abs() < 0.25)[None, :]
+    return inside.double() * 2 - 1
+
+
+def foreground_mask(feature_maps: torch.Tensor, method: str = "pca", threshold: Optional[float] = None,
+                    orient: str = "minority") -> torch.Tensor:
+    """A label-free foreground mask per image. (B, C, h, w) -> (B, h, w) bool.
+
+    ``method="pca"``: the first principal component of the batch's positions (``principal_components``),
+    foreground where it exceeds ``threshold`` (default 0, the batch mean). The sign of a component is
+    arbitrary, so it is oriented first: ``orient="minority"`` makes the foreground the smaller part of the
+    batch's positions (objects cover less of a photo than the rest); ``orient="centre"`` makes it the side
+    with the larger values in the central half of the images (photographers centre their subject).
+    ``method="norm"``: ``saliency`` above ``threshold`` (default: each image's mean saliency); no orientation.
+    """
+    if method == "norm":
+        s = saliency(feature_maps)
+        limit = s.mean(dim=(1, 2), keepdim=True) if threshold is None else threshold
+        return s > limit
+    if method != "pca":
+        raise ValueError(f"method must be 'pca' or 'norm', got {method!r}")
+    p = principal_components(feature_maps, 1)[..., 0].double()     # (B, h, w), mean 0 over the batch
+    if orient == "minority":
+        flip = (p > 0).double().mean() > 0.5
+    elif orient == "centre":
+        flip = (p * _centre_weight(*p.shape[1:])).sum() < 0
+    else:
+        raise ValueError(f"orient must be 'minority' or 'centre', got {orient!r}")
+    if flip:
+        p = -p
+    return p > (0.0 if threshold is None else threshold)
+
+
+def mask_iou(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Jaccard index |pred & target| / |pred | target| per mask: (B, h, w) bool twice -> (B,) float.
+
+    Two empty masks agree perfectly (IoU 1).
+    """
+    if pred.shape != target.shape:
+        raise ValueError(f"masks must have the same shape, got {tuple(pred.shape)} and {tuple(target.shape)}")
+    pred, target = pred.bool().flatten(1), target.bool().flatten(1)
+    intersection = (pred & target).sum(dim=1).float()
+    union = (pred | target).sum(dim=1).float()
+    return torch.where(union > 0, intersection / union.clamp_min(1), torch.ones_like(union))
+
+
+def masked_mean(feature_maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """The mean feature over the positions of each mask: (B, C, h, w), (B, h, w) bool -> (B, C).
+
+    With an all-true mask this is the backbone's global average pool; an empty mask gives a zero vector.
+    """
+    if masks.shape != (feature_maps.shape[0], *feature_maps.shape[2:]):
+        raise ValueError(f"masks {tuple(masks.shape)} do not match feature maps {tuple(feature_maps.shape)}")
+    weights = masks.to(feature_maps.dtype)[:, None]                 # (B, 1, h, w)
+    total = (feature_maps * weights).sum(dim=(2, 3))
+    return total / weights.sum(dim=(2, 3)).clamp_min(1)
+
+
+def upsample(maps: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+    """Resize per-position maps to ``size`` = (H, W) pixels, for drawing them over the image.
+
+    (B, h, w) or (B, h, w, K) -> (B, H, W) or (B, H, W, K). Bool masks use nearest neighbours (each position
+    becomes a block of pixels and stays a mask); other maps are interpolated bilinearly.
+    """
+    if maps.ndim not in (3, 4):
+        raise ValueError(f"maps must be (B, h, w) or (B, h, w, K), got shape {tuple(maps.shape)}")
+    x = maps[..., None] if maps.ndim == 3 else maps
+    x = x.permute(0, 3, 1, 2)                                      # (B, K, h, w)
+    if maps.dtype == torch.bool:
+        out = F.interpolate(x.float(), size=size, mode="nearest") > 0.5
+    else:
+        out = F.interpolate(x.float(), size=size, mode="bilinear", align_corners=False)
+    out = out.permute(0, 2, 3, 1)
+    return out[..., 0] if maps.ndim == 3 else out
