@@ -103,8 +103,8 @@ def pick(paths, keywords):
 
 PHOTOS = [load_rgb(p) for p in
           pick(PHOTO_PATHS, ["lorikeet", "steam_locomotive", "American_chameleon"])]
-print(f"{len(PHOTO_PATHS)} photos found; the figures use photos of "
-      f"{', '.join(f'{w} x {h}' for w, h in (p.size for p in PHOTOS))} pixels")
+sizes = ", ".join(f"{w} x {h}" for w, h in (p.size for p in PHOTOS))
+print(f"{len(PHOTO_PATHS)} photos; the figures use {len(PHOTOS)} ({sizes} px)")
 
 # %% [markdown]
 # ## Section 1: one photograph, ten views
