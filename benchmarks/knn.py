@@ -1,0 +1,142 @@
+"""k-NN evaluation cost at growing scale: time and peak memory of ``dino_tutorial.knn.knn_classify``.
+
+The classifier (k = 20, T = 0.07, 1000 classes) runs on random 2048-d features, the size of ResNet-50's, so
+only the cost is measured, not an accuracy. On the CPU the default scales go up to 100k training features
+and 10k queries; on CUDA up to ImageNet's 1.28M training features and 50k queries.
+
+Memory: on CUDA, ``torch.cuda.max_memory_allocated`` during the call minus what was allocated before it (the
+features); on the CPU, the peak resident memory during the call minus the resident memory before it (from
+/proc/self/status, the peak counter being reset before each call). Both are the classifier's working memory
+on top of the feature bank, which is listed separately.
+
+    OMP_NUM_THREADS=1 python benchmarks/knn.py                        # about 1-2 minutes on one core
+    OMP_NUM_THREADS=1 python benchmarks/knn.py --scales 10000x1000 300000x10000
+    python benchmarks/knn.py --device cuda                           # adds 1.28M x 50k
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Tuple
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from dino_tutorial.knn import knn_classify  # noqa: E402
+
+CPU_SCALES = ["10000x1000", "30000x3000", "100000x10000"]
+CUDA_SCALES = CPU_SCALES + ["300000x10000", "1281167x50000"]
+
+
+def machine(device: torch.device) -> str:
+    model = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    text = f"{model}, {os.cpu_count()} cores"
+    if hasattr(os, "getloadavg"):
+        text += f", load average {os.getloadavg()[0]:.1f}"
+    text += f"; torch {torch.__version__}, {torch.get_num_threads()} thread(s)"
+    if device.type == "cuda":
+        text += f"; GPU {torch.cuda.get_device_name(device)}"
+    return text
+
+
+def rss_mib() -> Dict[str, float]:
+    values = {}
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(("VmRSS", "VmHWM")):
+                key, value = line.split(":")
+                values[key] = int(value.split()[0]) / 1024
+    except OSError:
+        pass
+    return values
+
+
+def reset_peak_rss() -> None:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def parse_scale(text: str) -> Tuple[int, int]:
+    train, queries = text.lower().split("x")
+    return int(float(train)), int(float(queries))
+
+
+def measure(n_train: int, n_queries: int, dim: int, classes: int, device: torch.device, k: int) -> Dict[str, float]:
+    generator = torch.Generator(device=device).manual_seed(0)
+    train = torch.randn(n_train, dim, device=device, generator=generator)
+    queries = torch.randn(n_queries, dim, device=device, generator=generator)
+    train_labels = torch.randint(0, classes, (n_train,), device=device, generator=generator)
+    query_labels = torch.randint(0, classes, (n_queries,), device=device, generator=generator)
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+    else:
+        reset_peak_rss()
+        before = rss_mib().get("VmRSS", float("nan"))
+    wall, cpu = time.perf_counter(), time.process_time()
+    knn_classify(train, train_labels, queries, query_labels, k=k, T=0.07, num_classes=classes)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    if device.type == "cuda":
+        extra = (torch.cuda.max_memory_allocated(device) - before) / 2 ** 20
+    else:
+        extra = rss_mib().get("VmHWM", float("nan")) - before
+    bank = (train.numel() + queries.numel()) * 4 / 2 ** 20
+    del train, queries
+    return {"wall": wall, "cpu": cpu, "extra": extra, "bank": bank,
+            "chunk": max(1, min(n_queries, 2 ** 26 // n_train))}
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--scales", nargs="+", default=None, help="TRAINxQUERIES, e.g. 100000x10000")
+    parser.add_argument("--dim", type=int, default=2048)
+    parser.add_argument("--classes", type=int, default=1000)
+    parser.add_argument("--k", type=int, default=20)
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        sys.exit("--device cuda was asked for but CUDA is not available")
+    scales = [parse_scale(s) for s in (args.scales or (CUDA_SCALES if device.type == "cuda" else CPU_SCALES))]
+    print(f"Machine: {machine(device)}")
+    print(f"k-NN: k = {args.k}, T = 0.07, {args.classes} classes, {args.dim}-d float32 features, on {device.type}\n")
+    rows: List[List[str]] = []
+    for n_train, n_queries in scales:
+        r = measure(n_train, n_queries, args.dim, args.classes, device, args.k)
+        flops = 2.0 * n_train * n_queries * args.dim
+        seconds = r["wall"] if device.type == "cuda" else r["cpu"]
+        rows.append([f"{n_train:,}", f"{n_queries:,}", f"{r['chunk']:,}", f"{r['wall']:.2f}", f"{r['cpu']:.2f}",
+                     f"{n_queries / seconds:,.0f}", f"{flops / seconds / 1e9:,.0f}", f"{r['bank']:,.0f}",
+                     f"{r['extra']:,.0f}"])
+        print(f"  measured {n_train} x {n_queries}", file=sys.stderr, flush=True)
+    clock = "wall" if device.type == "cuda" else "CPU time"
+    memory = "GPU" if device.type == "cuda" else "RSS"
+    header = ["train features", "queries", "queries per chunk", "wall s", "CPU s", f"queries/s ({clock})",
+              f"GFLOP/s ({clock})", "feature bank MiB", f"peak extra {memory} MiB"]
+    print("| " + " | ".join(header) + " |")
+    print("|" + "|".join("---:" for _ in header) + "|")
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+
+
+if __name__ == "__main__":
+    main()
