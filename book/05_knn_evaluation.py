@@ -1,0 +1,525 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 05 k-NN evaluation: how good are frozen features?
+#
+# *A self-supervised network is trained without labels, so its loss says little about what it has learnt.
+# The paper's simplest yardstick is a k-nearest-neighbour classifier on its frozen features: no training,
+# one pass over the data, two numbers to choose.*
+#
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/dino-tutorial/dino-tutorial/blob/main/book/05_knn_evaluation.ipynb)
+#
+# **Estimated time:** 45 minutes.
+
+# %% [markdown]
+# ## Tutorial objectives
+#
+# - Extract frozen backbone features for a labelled training set (the memory bank) and a test set.
+# - Write the weighted k-NN classifier of the paper (after Wu et al. 2018): cosine similarity, the $k = 20$
+#   nearest training images, votes weighted by $\exp(s / T)$ with $T = 0.07$; check it against the package.
+# - Measure how the accuracy depends on $k$ and $T$.
+# - Compare a randomly initialised network with a DINO-trained one, by accuracy and by looking at the
+#   nearest neighbours of a few images.
+
+# %% [markdown]
+# ## Setup
+
+# %% tags=["hide-input"]
+# Install the course package when it is missing (in Colab); locally: `pip install -e .` in the repository.
+try:
+    import dino_tutorial
+except ImportError:
+    # %pip install -q git+https://github.com/dino-tutorial/dino-tutorial
+    import dino_tutorial
+
+# %% tags=["hide-input"]
+import contextlib
+import io
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset
+
+from dino_tutorial import checkpoint
+from dino_tutorial.augment import denormalize, eval_transform
+from dino_tutorial.data import IMAGENETTE_CLASSES, imagenette, imagenette_root, resolve_data_root
+from dino_tutorial.knn import extract_features, knn_classify
+from dino_tutorial.model import build_backbone
+from dino_tutorial.train import TrainConfig, default_device, set_seed, train
+
+try:
+    from myst_nb import glue  # numbers quoted in the book's text come from the cells
+except ImportError:  # outside the book's toolchain (e.g. in Colab) there is nothing to glue into
+    def glue(name, value, display=True):
+        pass
+
+plt.rcParams.update({"figure.dpi": 100, "axes.titlesize": 10, "axes.labelsize": 10, "font.size": 10})
+set_seed(0)
+DEVICE = default_device()
+if DEVICE.type == "cpu" and (os.cpu_count() or 1) <= 2:
+    # Small images on a CPU with two cores or fewer: one thread is faster than two that wait for each other.
+    torch.set_num_threads(1)
+
+# %% [markdown]
+# The trained network to evaluate is a checkpoint written by the package's trainer (chapter 06), for example
+# `runs/small/checkpoint.pth` after `python -m dino_tutorial.train --preset small --data-path ... --output-dir
+# runs/small`, or the small file that `dino_tutorial.checkpoint.export_backbone` makes from one. Set
+# `CHECKPOINT` below (or the environment variable `DINO_CHECKPOINT`) to its path. Left empty, the chapter
+# trains a network with DINO for about a minute instead, so that it always runs offline.
+
+# %%
+CHECKPOINT = os.environ.get("DINO_CHECKPOINT", "")   # a checkpoint or exported backbone, or "" for a quick run
+DEFAULT_IMAGE_SIZE = 96   # k-NN resolution for exported backbone files that do not record one (small preset)
+
+# %% tags=["hide-input"]
+# The data: Imagenette, a subset of each class on a CPU (all of it on a GPU).
+TRAIN_PER_CLASS, TEST_PER_CLASS = (None, None) if DEVICE.type == "cuda" else (100, 30)
+try:
+    DATA_ROOT = imagenette_root()
+except FileNotFoundError as err:
+    print(f"This chapter needs Imagenette: set DINO_DATA to a folder with imagenette-mini/ or "
+          f"imagenette2-160/, or run online so that it is downloaded into {resolve_data_root()} ({err})")
+    raise SystemExit(1)
+CLASS_NAMES = [IMAGENETTE_CLASSES.get(wnid, wnid) for wnid in imagenette("val").classes]
+print(f"Imagenette at {DATA_ROOT.name}: {len(CLASS_NAMES)} classes")
+
+
+# %% [markdown]
+# ## Section 1: the trained network and the frozen features
+#
+# A training checkpoint holds the student and the teacher (backbone and head each) and the configuration of
+# the run. What is evaluated is the teacher's **backbone**: the paper evaluates the teacher, which is the
+# better of the two throughout training (Section 5.2), and discards the projection head, whose $K$ outputs
+# serve only the loss. The package's `checkpoint.export_backbone` keeps just that part, with the
+# architecture needed to rebuild it, in a small file; `checkpoint.load_backbone` rebuilds the network from
+# it. The function below accepts either kind of file.
+
+# %%
+def load_trained_backbone(path) -> tuple:
+    """(backbone, description) from an exported backbone file or a training checkpoint."""
+    state = checkpoint.load(path)
+    if "teacher" in state:                          # a full training checkpoint: keep the teacher's backbone
+        exported = Path(tempfile.mkdtemp(prefix="dino_backbone_")) / "backbone.pth"
+        checkpoint.export_backbone(path, exported, network="teacher")
+        image_size = state["config"]["knn_image_size"]
+        path, state = exported, checkpoint.load(exported)
+    else:
+        image_size = state.get("knn_image_size", DEFAULT_IMAGE_SIZE)
+    backbone, _ = checkpoint.load_backbone(path)
+    return backbone, {"arch": state["arch"], "small_images": state["small_images"], "image_size": image_size}
+
+
+# %% [markdown]
+# Without a checkpoint, the next cell makes one: the package's trainer with the `small` preset, shrunk
+# further to about a minute on a CPU (64-pixel global views, two local views, batches of 16, a few dozen
+# steps). That is far too little training for DINO to learn good features; the comparison below says how
+# much it did learn. With a checkpoint from a real run of the preset, the same cells evaluate that one.
+
+# %% tags=["nbval-ignore-output"]
+start = time.time()
+if CHECKPOINT:
+    trained_path = Path(CHECKPOINT)
+    TRAINED_LABEL = f"trained ({trained_path.name})"
+else:
+    run_dir = Path(tempfile.mkdtemp(prefix="dino_quick_"))
+    quick = TrainConfig.from_preset(
+        "small", data_path=str(DATA_ROOT), output_dir=str(run_dir), epochs=1, max_iters_per_epoch=30,
+        batch_size_per_gpu=16, train_per_class=50, global_size=64, local_size=32, local_crops_number=2,
+        knn_every=0, knn_image_size=64, warmup_epochs=0, freeze_last_layer=0, lr=0.016, num_workers=0,
+        progress=False)
+    with contextlib.redirect_stdout(io.StringIO()):
+        train(quick)
+    trained_path = run_dir / checkpoint.CHECKPOINT_NAME
+    TRAINED_LABEL = "DINO, 30 steps"
+trained_backbone, INFO = load_trained_backbone(trained_path)
+print(f"{TRAINED_LABEL}: {INFO['arch']} from {trained_path.name}, {time.time() - start:.0f} s")
+
+# %% [markdown]
+# The random network has the same architecture, freshly initialised. Features are computed at the
+# resolution the run evaluates at. The images are decoded and resized once, then both networks embed the
+# same tensors with `extract_features`, which puts the network in eval mode: BatchNorm then uses its
+# running statistics, and a test image's feature does not depend on the other images of its batch.
+
+# %%
+set_seed(0)
+random_backbone, feature_dim = build_backbone(INFO["arch"], small_images=INFO["small_images"])
+NETWORKS = {"random": random_backbone, TRAINED_LABEL: trained_backbone}
+IMAGE_SIZE = INFO["image_size"]
+transform = eval_transform(IMAGE_SIZE)
+splits = {}
+for split, per_class in [("train", TRAIN_PER_CLASS), ("val", TEST_PER_CLASS)]:
+    dataset = imagenette(split, transform=transform, per_class=per_class)
+    images = torch.stack([dataset[i][0] for i in range(len(dataset))])
+    labels = torch.tensor(dataset.targets)
+    splits[split] = (images, labels)
+print(f"memory bank: {len(splits['train'][0])} training images, queries: {len(splits['val'][0])} "
+      f"validation images, {IMAGE_SIZE} x {IMAGE_SIZE} px, {feature_dim}-d features")
+
+
+# %%
+def embed(backbone, images, labels):
+    loader = DataLoader(TensorDataset(images, labels), batch_size=128)
+    return extract_features(backbone.to(DEVICE), loader, DEVICE)
+
+
+features = {name: {split: embed(net, *splits[split]) for split in splits} for name, net in NETWORKS.items()}
+train_labels, test_labels = splits["train"][1], splits["val"][1]
+for name in NETWORKS:
+    f = features[name]["train"][0]
+    print(f"{name}: train features {tuple(f.shape)}, mean norm {f.norm(dim=1).mean():.3g}")
+
+# %% [markdown]
+# ## Section 2: the weighted k-nearest-neighbour classifier
+#
+# The paper evaluates its features in two ways (Section 3.2, "Evaluation protocols"): a linear classifier
+# trained on the frozen features, and a weighted nearest-neighbour classifier, following Wu et al. (2018).
+# The second needs no training at all:
+#
+# 1. Embed every training image once with the frozen backbone and L2-normalise the features; this is the
+#    *memory bank*. Embed and normalise each test image the same way.
+# 2. The similarity of a test image to a training image $i$ is the cosine $s_i = f \cdot f_i$ of their
+#    normalised features.
+# 3. The $k$ most similar training images vote. Neighbour $i$ gives its class $c_i$ the weight
+#    $\alpha_i = \exp(s_i / T)$, and the prediction is the class with the largest total weight
+#    $w_c = \sum_{i \in \mathcal{N}_k} \alpha_i \, \mathbb{1}(c_i = c)$.
+#
+# The paper reports $k = 20$, which worked best in most of its runs, and the temperature is that of Wu et
+# al., $T = 0.07$. A small $T$ makes the closest neighbours dominate the vote; a large one makes it a
+# plain majority vote. There is nothing to tune but $k$ and $T$, no augmentation and a single pass over the
+# data, which is why the paper reports it for every model next to the linear probe (Table 2: 67.5% for
+# DINO's ResNet-50 on ImageNet, against 75.3% for the linear probe).
+#
+# ### Coding exercise 1: the weighted vote
+#
+# Write `weighted_knn_predict(train_features, train_labels, test_features, k, T, num_classes)` that returns
+# the predicted class of every test image, `(M,)`, for a whole batch of queries at once: normalise, one
+# matrix product for all similarities, `topk` for the neighbours, and `scatter_add_` (or a one-hot product)
+# to sum the weights per class.
+
+# %% tags=["raises-exception"]
+def weighted_knn_predict(train_features: torch.Tensor, train_labels: torch.Tensor, test_features: torch.Tensor,
+                         k: int = 20, T: float = 0.07, num_classes: int = 10) -> torch.Tensor:
+    """(M,) predicted classes of the test features (M, D), by the weighted vote of the k nearest of (N, D)."""
+    #################################################################
+    # Fill in the blanks (...), then remove this line.
+    raise NotImplementedError("Exercise 1: the weighted k-NN vote")
+    #################################################################
+    bank = ...                         # (N, D) L2-normalised
+    queries = ...                      # (M, D) L2-normalised
+    similarity = ...                   # (M, N) cosine similarities
+    top_similarity, top_index = ...    # (M, k) each
+    weights = ...                      # (M, k): exp(s / T)
+    votes = torch.zeros(len(queries), num_classes)
+    ...                                # add each neighbour's weight to its class
+    return votes.argmax(dim=1)
+
+
+predictions = weighted_knn_predict(features["random"]["train"][0], train_labels, features["random"]["val"][0])
+print(f"random network, k = 20, T = 0.07: top-1 {100 * (predictions == test_labels).float().mean():.1f}%")
+
+# %% tags=["hide-cell"]
+# Solution to exercise 1
+def weighted_knn_predict(train_features: torch.Tensor, train_labels: torch.Tensor, test_features: torch.Tensor,
+                         k: int = 20, T: float = 0.07, num_classes: int = 10) -> torch.Tensor:
+    """(M,) predicted classes of the test features (M, D), by the weighted vote of the k nearest of (N, D)."""
+    bank = F.normalize(train_features, dim=1)
+    queries = F.normalize(test_features, dim=1)
+    similarity = queries @ bank.T
+    top_similarity, top_index = similarity.topk(min(k, len(bank)), dim=1)
+    weights = (top_similarity / T).exp()
+    votes = torch.zeros(len(queries), num_classes)
+    votes.scatter_add_(1, train_labels[top_index], weights)
+    return votes.argmax(dim=1)
+
+
+predictions = weighted_knn_predict(features["random"]["train"][0], train_labels, features["random"]["val"][0])
+print(f"random network, k = 20, T = 0.07: top-1 {100 * (predictions == test_labels).float().mean():.1f}%")
+
+
+# %%
+def check_weighted_knn(predict_fn):
+    """Accuracy equal to knn_classify's top-1 for several k and T, on both networks' real features."""
+    for name in features:
+        (bank, bank_labels), (queries, query_labels) = features[name]["train"], features[name]["val"]
+        for k, T in [(1, 0.07), (20, 0.07), (50, 0.5), (200, 0.02)]:
+            predictions = predict_fn(bank, bank_labels, queries, k=k, T=T, num_classes=len(CLASS_NAMES))
+            assert predictions.shape == query_labels.shape, (
+                f"expected one prediction per query {tuple(query_labels.shape)}, got {tuple(predictions.shape)}")
+            yours = 100 * (predictions == query_labels).float().mean().item()
+            expected, _ = knn_classify(bank, bank_labels, queries, query_labels, k=k, T=T,
+                                       num_classes=len(CLASS_NAMES))
+            assert abs(yours - expected) < 1e-6, (f"{name}, k={k}, T={T}: your top-1 is {yours:.2f}%, "
+                                                  f"knn_classify gives {expected:.2f}%")
+    print("Correct: your weighted vote gives the accuracy of dino_tutorial.knn.knn_classify")
+
+
+check_weighted_knn(weighted_knn_predict)
+
+# %% [markdown]
+# ## Section 3: random against trained
+#
+# A randomly initialised network is the baseline that every self-supervised method must beat. It is not a
+# weak one: a random convolutional network already maps images with similar colours and textures to similar
+# features, and on ten classes as different as Imagenette's that is worth a good deal more than the 10% of
+# chance.
+
+# %%
+results = {}
+for name in features:
+    results[name] = knn_classify(*features[name]["train"], *features[name]["val"], k=20, T=0.07,
+                                 num_classes=len(CLASS_NAMES))
+    print(f"{name:<28} top-1 {results[name][0]:5.1f}%   top-5 {results[name][1]:5.1f}%")
+random_top1, trained_top1 = results["random"][0], results[TRAINED_LABEL][0]
+difference = trained_top1 - random_top1
+glue("random_top1", f"{random_top1:.1f}", display=False)
+glue("trained_top1", f"{trained_top1:.1f}", display=False)
+glue("trained_label", TRAINED_LABEL, display=False)
+glue("comparison", (f"{difference:.1f} points above" if difference > 0.05 else
+                    f"{-difference:.1f} points below" if difference < -0.05 else "level with"), display=False)
+glue("n_queries", len(test_labels), display=False)
+
+# %% [markdown]
+# With $k = 20$ and $T = 0.07$, the random network classifies {glue:text}`random_top1`% of the
+# {glue:text}`n_queries` validation images correctly, and the trained network ({glue:text}`trained_label`)
+# {glue:text}`trained_top1`%: {glue:text}`comparison` the random one. One validation image is worth
+# $100 / ${glue:text}`n_queries` percentage points, so differences of a point or two are noise.
+#
+# When the trained network is the quick run of this chapter, expect no gain: a few dozen steps on a CPU
+# move the weights away from their initialisation without yet organising the features by content, and the
+# accuracy can go either way. Features that beat the random baseline take many epochs of training
+# (chapter 06 trains the `small` preset, chapter 08 trains on ImageNet); to see them here, point
+# `CHECKPOINT` to such a run. For scale, the paper's ResNet-50 reaches 67.5% k-NN top-1 on
+# the thousand ImageNet classes (Table 2).
+#
+# ## Section 4: the two knobs, k and T
+#
+# The figure sweeps $k$ for a few temperatures on both networks' features. The paper's setting is marked.
+
+# %%
+ks = [1, 2, 5, 10, 20, 50, 100, 200]
+temperatures = [0.02, 0.07, 0.2, 1.0]
+fig, axes = plt.subplots(1, len(features), figsize=(11, 3.4), sharey=True)
+sweep = {}
+for ax, name in zip(axes, features):
+    for T, color in zip(temperatures, ["tab:purple", "tab:red", "tab:orange", "0.5"]):
+        top1 = [knn_classify(*features[name]["train"], *features[name]["val"], k=k, T=T,
+                             num_classes=len(CLASS_NAMES))[0] for k in ks]
+        sweep[name, T] = top1
+        ax.plot(ks, top1, "o-", color=color, lw=2, ms=4, label=f"T = {T}")
+    ax.plot([20], [results[name][0]], "k*", ms=12, label="paper: k = 20, T = 0.07")
+    ax.axhline(100 / len(CLASS_NAMES), color="k", ls=":", lw=1, label="chance")
+    ax.set(xscale="log", xlabel="k (neighbours that vote)", title=f"{name} network")
+axes[0].set_ylabel("k-NN top-1 accuracy (%)")
+axes[-1].legend(fontsize=8, loc="lower right")
+plt.tight_layout()
+plt.show()
+best = {name: max((acc, k, T) for (n, T), accs in sweep.items() if n == name for k, acc in zip(ks, accs))
+        for name in features}
+for name, (acc, k, T) in best.items():
+    print(f"{name}: best top-1 {acc:.1f}% at k = {k}, T = {T}; paper setting {results[name][0]:.1f}%")
+glue("one_nn_random", f"{sweep['random', 0.07][0]:.1f}", display=False)
+for name in features:   # how different are the similarities of the nearest and the 20th nearest image?
+    bank, queries = F.normalize(features[name]["train"][0], dim=1), F.normalize(features[name]["val"][0], dim=1)
+    top20 = (queries @ bank.T).topk(20, dim=1).values
+    gap = (top20[:, 0] - top20[:, -1]).mean().item()
+    key = "random" if name == "random" else "trained"
+    print(f"{name}: similarity of the nearest {top20[:, 0].mean():.3f}, of the 20th {top20[:, -1].mean():.3f}, "
+          f"gap {gap:.4f}: weight ratio exp(gap / 0.07) = {np.exp(gap / 0.07):.2f}")
+    glue(f"gap_{key}", f"{gap:.3f}", display=False)
+    glue(f"ratio_{key}", f"{np.exp(gap / 0.07):.2f}", display=False)
+
+# %% [markdown]
+# Four things to read from the figure:
+#
+# - With $k = 1$ the temperature plays no role: the nearest image decides alone (random network:
+#   {glue:text}`one_nn_random`%).
+# - A temperature acts on *differences* of similarity, and how large those are depends on the features. The
+#   random network's features all point in nearly the same direction: its nearest and its 20th nearest
+#   training image differ in cosine similarity by only {glue:text}`gap_random` on average, so even at
+#   $T = 0.07$ the nearest weighs just {glue:text}`ratio_random` times as much as the 20th, and every
+#   temperature gives practically the same majority vote. For the trained network the gap is
+#   {glue:text}`gap_trained` and the ratio {glue:text}`ratio_trained`.
+# - As $k$ approaches the number of training images per class ({glue:text}`bank_per_class` here), many of the
+#   voters must belong to other classes, and only a small temperature keeps them from deciding.
+# - The best setting found by sweeping on the test images is optimistic: choosing $k$ and $T$ on the data
+#   one reports on overfits them. The paper fixes $k = 20$, $T = 0.07$ for all its models.
+#
+# ### Think! 1
+#
+# 1. Why are the features L2-normalised before the dot product? What would a network with features of
+#    very different norms do to an unnormalised vote?
+# 2. $T = 0.07$ suits features whose cosine similarities spread over a good part of $[-1, 1]$. What
+#    temperature would make the vote weighted again for features whose similarities all lie between 0.97
+#    and 1? Would it help the random network here?
+#
+# ```{admonition} Answer
+# :class: dropdown
+# 1. The dot product of unnormalised features grows with their norms, so a few training images with large
+#    features would be "near" every query and win every vote. Normalising makes the similarity a cosine, in
+#    $[-1, 1]$, which depends only on the direction of the features: the same measure the DINO head uses
+#    (its bottleneck is L2-normalised too).
+# 2. A temperature of the order of the spread, a few thousandths: then a neighbour 0.01 less similar
+#    weighs $e^{-0.01/0.003} \approx 0.04$ times as much. That moves the vote from a majority of 20 towards
+#    the decision of the nearest few; it cannot change *which* images are nearest. Whether it helps is read
+#    off the figure: compare the random network's accuracy at $k = 1$ with its accuracy at $k = 20$.
+
+# %% [markdown]
+# ## Section 5: nearest neighbours, seen
+#
+# Accuracy is one number; retrieval shows what the features find similar. For a few validation images, the
+# figure shows the five most similar training images under each network, with their cosine similarity, and
+# frames a neighbour green when its class matches the query's.
+#
+# ### Coding exercise 2: cosine top-k retrieval
+#
+# Write `retrieve(query_features, bank_features, k)` that returns `(similarities, indices)`, both `(M, k)`,
+# of the `k` most similar bank images for every query, most similar first.
+
+# %% tags=["raises-exception"]
+def retrieve(query_features: torch.Tensor, bank_features: torch.Tensor, k: int = 5) -> tuple:
+    """(similarities (M, k), indices (M, k)) of the k nearest bank features by cosine similarity."""
+    #################################################################
+    # Fill in the blanks (...), then remove this line.
+    raise NotImplementedError("Exercise 2: cosine top-k retrieval")
+    #################################################################
+    similarity = ...   # (M, N)
+    return ...
+
+
+similarity, index = retrieve(features["random"]["val"][0][:2], features["random"]["train"][0], k=3)
+print("similarities", [[f"{value:.3f}" for value in row] for row in similarity.tolist()], "indices", index.tolist())
+
+# %% tags=["hide-cell"]
+# Solution to exercise 2
+def retrieve(query_features: torch.Tensor, bank_features: torch.Tensor, k: int = 5) -> tuple:
+    """(similarities (M, k), indices (M, k)) of the k nearest bank features by cosine similarity."""
+    similarity = F.normalize(query_features, dim=1) @ F.normalize(bank_features, dim=1).T
+    return similarity.topk(k, dim=1)
+
+
+similarity, index = retrieve(features["random"]["val"][0][:2], features["random"]["train"][0], k=3)
+print("similarities", [[f"{value:.3f}" for value in row] for row in similarity.tolist()], "indices", index.tolist())
+
+
+# %%
+def check_retrieve(retrieve_fn):
+    """Sorted, really the nearest, and the labels of the first neighbours match 1-NN classification."""
+    for name in features:
+        (bank, bank_labels), (queries, query_labels) = features[name]["train"], features[name]["val"]
+        similarity, index = retrieve_fn(queries, bank, k=5)
+        assert similarity.shape == index.shape == (len(queries), 5), "expected (M, k) similarities and indices"
+        cosine = F.cosine_similarity(queries[:, None], bank[None], dim=-1)       # (M, N), computed another way
+        assert torch.allclose(similarity, cosine.gather(1, index), atol=1e-5), "similarities do not match the indices"
+        assert torch.all(similarity[:, :-1] >= similarity[:, 1:] - 1e-6), "neighbours are not sorted"
+        assert torch.allclose(similarity, cosine.topk(5, dim=1).values, atol=1e-5), "not the 5 nearest"
+        one_nn = 100 * (bank_labels[index[:, 0]] == query_labels).float().mean().item()
+        expected, _ = knn_classify(bank, bank_labels, queries, query_labels, k=1, num_classes=len(CLASS_NAMES))
+        assert abs(one_nn - expected) < 1e-6, f"{name}: 1-NN accuracy {one_nn:.2f}% against {expected:.2f}%"
+    print("Correct: your retrieval finds the nearest neighbours that dino_tutorial.knn.knn_classify votes with")
+
+
+check_retrieve(retrieve)
+
+# %% tags=["hide-input"]
+def show_retrieval(name, query_ids, k=5):
+    """Query + its k nearest training images for network `name`, similarity and class under each."""
+    (bank, bank_labels), (queries, query_labels) = features[name]["train"], features[name]["val"]
+    similarity, index = retrieve(queries[query_ids], bank, k=k)
+    fig, axes = plt.subplots(len(query_ids), k + 1, figsize=(1.6 * (k + 1), 1.75 * len(query_ids)))
+    for row, q in enumerate(query_ids):
+        axes[row, 0].imshow(denormalize(splits["val"][0][q]).permute(1, 2, 0).numpy())
+        axes[row, 0].set_title(f"query: {CLASS_NAMES[query_labels[q]]}", fontsize=8, fontweight="bold")
+        for col in range(k):
+            i = index[row, col].item()
+            ax = axes[row, col + 1]
+            ax.imshow(denormalize(splits["train"][0][i]).permute(1, 2, 0).numpy())
+            same = bank_labels[i] == query_labels[q]
+            ax.set_title(f"{CLASS_NAMES[bank_labels[i]]}\ns = {similarity[row, col]:.3f}", fontsize=7,
+                         color="tab:green" if same else "tab:red")
+            for spine in ax.spines.values():
+                spine.set(edgecolor="tab:green" if same else "tab:red", linewidth=3)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(f"Nearest training images by cosine similarity: {name} network", fontsize=10)
+    plt.tight_layout()
+    plt.show()
+
+
+# one query from each of four classes: tench, church, garbage truck, parachute
+QUERY_IDS = [int((test_labels == c).nonzero()[1]) for c in (0, 4, 6, 9)]
+for name in features:
+    show_retrieval(name, QUERY_IDS)
+
+# %% tags=["hide-input"]
+neighbour_agreement = {}
+for name in features:
+    (bank, bank_labels), (queries, query_labels) = features[name]["train"], features[name]["val"]
+    similarity, index = retrieve(queries, bank, k=5)
+    neighbour_agreement[name] = 100 * (bank_labels[index] == query_labels[:, None]).float().mean().item()
+    print(f"{name}: {neighbour_agreement[name]:.1f}% of the 5 nearest neighbours share the query's class; "
+          f"mean similarity of the 5 nearest {similarity.mean():.3f}")
+    glue(f"agreement_{'random' if name == 'random' else 'trained'}", f"{neighbour_agreement[name]:.1f}",
+         display=False)
+glue("bank_per_class", len(train_labels) // len(CLASS_NAMES), display=False)
+
+# %% [markdown]
+# Over all validation images, {glue:text}`agreement_random`% of the five nearest neighbours share the
+# query's class for the random network and {glue:text}`agreement_trained`% for the trained one. The
+# random network's neighbours tend to share brightness, colours and layout (a dark background, a blue
+# sky) more than objects; how much further than that a self-supervised network goes is the measure of what
+# it has learnt. Note also the similarities printed under the images: the random network's are all close
+# to 1 and separated by tiny margins (Section 4).
+#
+# ### Think! 2
+#
+# The k-NN accuracy of the teacher is measured during DINO training (chapter 06). Why is it a better
+# progress signal than the DINO loss itself?
+#
+# ```{admonition} Answer
+# :class: dropdown
+# The loss measures agreement between two networks that are both changing, and it can be low for a
+# collapsed network (chapter 04): a constant output is perfectly predictable. The k-NN accuracy uses labels
+# that training never sees and a fixed, parameter-free classifier, so it rises only when the features group
+# images of the same class together. It is cheap enough to run every few epochs on a subset, which is what
+# the trainer's `knn_every` option does.
+
+# %% [markdown]
+# ## Summary
+#
+# - k-NN evaluation freezes the backbone, embeds a labelled training set once (the memory bank) and
+#   classifies each test image by the weighted vote of its $k$ most similar bank images, with weights
+#   $\exp(s/T)$ on cosine similarities (Wu et al. 2018; the paper's Section 3.2, $k = 20$, $T = 0.07$).
+# - It has only two settings, needs no training or augmentation, and runs in one pass, which makes it a
+#   cheap progress signal during training as well as a final metric (Table 2).
+# - A random network is a baseline to take seriously: {glue:text}`random_top1`% top-1 here, where chance is
+#   10%. The trained network ({glue:text}`trained_label`) scored {glue:text}`trained_top1`%; a few dozen
+#   steps of DINO do not beat the random network, and beating it is the first thing to ask of a longer run.
+#
+# **Next.** Chapter 06 puts the pieces of chapters 01-05 into the full training loop, with its schedules,
+# and trains the `small` preset long enough for the k-NN accuracy to move.
+#
+# **Further reading.**
+# - Caron et al. 2021, *Emerging Properties in Self-Supervised Vision Transformers* (arXiv 2104.14294):
+#   Section 3.2 (evaluation protocols), Table 2 (linear and k-NN results, including ResNet-50) and
+#   Section 5.2 (the teacher outperforms the student).
+# - Wu, Xiong, Yu and Lin 2018, *Unsupervised Feature Learning via Non-Parametric Instance Discrimination*
+#   (arXiv 1805.01978): the weighted k-NN classifier and its temperature.
