@@ -5,11 +5,12 @@
 random order, grayscale 0.2, Gaussian blur with radius U[0.1, 2] and p = 1.0 / 0.1 / 0.5, solarization 0.2 on
 the second global view) and renders them with fewer, cheaper operations:
 
-1. The crop boxes are drawn from the JPEG header before decoding. When every box is at least ``d`` times
+1. The crop boxes are drawn from the image header before decoding. When every box is at least ``d`` times
    larger than its output in both directions, the JPEG is decoded at ``1/d`` scale (``Image.draft``,
-   d in {2, 4, 8}): libjpeg skips most of the work and no view loses resolution.
-2. Crop and resize are one antialiased bicubic ``torch.nn.functional.interpolate`` on uint8 pixels, which
-   uses a vectorised kernel that reproduces PIL's bicubic filter to within 1-2 grey levels.
+   d in {2, 4, 8}) and no view loses resolution. This pays on large photos; ImageNet's typical 500 x 375
+   photos rarely allow it with 96 px local crops of 5-14% of the image.
+2. Crop and resize are one antialiased bicubic ``torch.nn.functional.interpolate`` on uint8 pixels (torch
+   >= 2.1), a vectorised kernel that reproduces PIL's bicubic filter to within 1-2 grey levels.
 3. Colour jitter, grayscale, blur and solarization run on the small float32 crop with a handful of
    vectorised torch operations; a grayscale view is blurred as one channel; the flip is applied last to the
    uint8 result (every other operation commutes with it).
@@ -185,7 +186,8 @@ def gaussian_blur(x: torch.Tensor, radius: float) -> torch.Tensor:
     """
     kernel = blur_kernel(radius)
     channels, height, width = x.shape
-    if channels * max(height, width) <= 288:
+    side = max(height, width)
+    if side <= 128 and channels * side <= 288:           # where the two products measured faster
         return _blur_matrix(kernel, height) @ x @ _blur_matrix(kernel, width).T
     weights = kernel.tolist()
     half = len(weights) // 2
@@ -342,7 +344,7 @@ def normalize_uint8(batch: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN, 
                     dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """uint8 images (..., 3, H, W) -> ``(x / 255 - mean) / std`` in ``dtype``, on the batch's device.
 
-    One fused multiply-add per element; the memory format (e.g. channels_last) of ``batch`` is kept.
+    A conversion and one multiply-add per element; the memory format (e.g. channels_last) of ``batch`` is kept.
     """
     if batch.dtype != torch.uint8:
         raise TypeError(f"normalize_uint8 expects uint8 images, got {batch.dtype}")
