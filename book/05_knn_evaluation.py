@@ -295,12 +295,13 @@ glue("trained_label", TRAINED_LABEL, display=False)
 glue("comparison", (f"{difference:.1f} points above" if difference > 0.05 else
                     f"{-difference:.1f} points below" if difference < -0.05 else "level with"), display=False)
 glue("n_queries", len(test_labels), display=False)
+glue("points_per_image", f"{100 / len(test_labels):.2f}", display=False)
 
 # %% [markdown]
 # With $k = 20$ and $T = 0.07$, the random network classifies {glue:text}`random_top1`% of the
 # {glue:text}`n_queries` validation images correctly, and the trained network ({glue:text}`trained_label`)
 # {glue:text}`trained_top1`%: {glue:text}`comparison` the random one. One validation image is worth
-# $100 / ${glue:text}`n_queries` percentage points, so differences of a point or two are noise.
+# {glue:text}`points_per_image` percentage points, so differences of a point or two are noise.
 #
 # When the trained network is the quick run of this chapter, expect no gain: a few dozen steps on a CPU
 # move the weights away from their initialisation without yet organising the features by content, and the
@@ -511,11 +512,11 @@ glue("bank_per_class", len(train_labels) // len(CLASS_NAMES), display=False)
 # - It has only two settings, needs no training or augmentation, and runs in one pass, which makes it a
 #   cheap progress signal during training as well as a final metric (Table 2).
 # - A random network is a baseline to take seriously: {glue:text}`random_top1`% top-1 here, where chance is
-#   10%. The trained network ({glue:text}`trained_label`) scored {glue:text}`trained_top1`%; a few dozen
-#   steps of DINO do not beat the random network, and beating it is the first thing to ask of a longer run.
+#   10%. The trained network ({glue:text}`trained_label`) scored {glue:text}`trained_top1`%. Beating the
+#   random network is the first thing to ask of any self-supervised run.
 #
 # **Next.** Chapter 06 puts the pieces of chapters 01-05 into the full training loop, with its schedules,
-# and trains the `small` preset long enough for the k-NN accuracy to move.
+# and trains the `small` preset while watching the teacher's k-NN accuracy.
 #
 # **Further reading.**
 # - Caron et al. 2021, *Emerging Properties in Self-Supervised Vision Transformers* (arXiv 2104.14294):
