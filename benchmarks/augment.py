@@ -54,7 +54,8 @@ def machine() -> str:
     load = ", load average %.1f" % os.getloadavg()[0] if hasattr(os, "getloadavg") else ""
     return (f"{model}, {os.cpu_count()} cores{load}; torch {torch.__version__} ({torch.get_num_threads()} thread), "
             f"torchvision {torchvision.__version__}, Pillow {PIL.__version__} "
-            f"(libjpeg-turbo {'yes' if features.check_feature('libjpeg_turbo') else 'no'}), Python {platform.python_version()}")
+            f"(libjpeg-turbo {'yes' if features.check_feature('libjpeg_turbo') else 'no'}), "
+            f"Python {platform.python_version()}")
 
 
 # ---------------------------------------------------------------- (a) the recipe written out step by step

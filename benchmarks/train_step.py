@@ -238,17 +238,21 @@ def loops_vs_foreach(args, device: torch.device, repeat: int = 5) -> List[List[s
                 sync(device)
                 best = min(best, clock() - start)
             times.append(best * 1e3)
-        rows.append([f"{name} ({n_params} tensors)", f"{times[0]:.1f}", f"{times[1]:.1f}", f"{times[0] / times[1]:.1f}x"])
+        rows.append([f"{name} ({n_params} tensors)", f"{times[0]:.1f}", f"{times[1]:.1f}",
+                     f"{times[0] / times[1]:.1f}x"])
     return rows
 
 
 def duration(seconds: float) -> str:
     days = seconds / 86400
-    return f"{days / 365.25:.1f} years" if days > 365.25 else f"{days:.1f} days" if days >= 1 else f"{seconds / 3600:.1f} h"
+    if days > 365.25:
+        return f"{days / 365.25:.1f} years"
+    return f"{days:.1f} days" if days >= 1 else f"{seconds / 3600:.1f} h"
 
 
 def table(header: List[str], rows: List[List[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|"]
+    rule = "|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|"
+    lines = ["| " + " | ".join(header) + " |", rule]
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
 
 
