@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
 from .augment import MultiCropAugmentation, eval_transform
+from .fast_augment import FastMultiCropAugmentation, normalize_uint8
 from .data import BadImageError, ResumableSampler, TrainingViews, collate_views, imagenet, split_folder
 from .knn import extract_features, knn_classify
 from .loss import DINOLoss, collapse_stats, diagnose_collapse
@@ -66,6 +67,7 @@ class TrainConfig:
     local_crops_number: int = 8
     global_size: int = 224
     local_size: int = 96
+    augmentation: str = "pil"            # pil: the reference PIL pipeline | fast: fast_augment (uint8 views)
     # optimisation
     epochs: int = 100
     batch_size_per_gpu: int = 64
@@ -141,6 +143,7 @@ class TrainConfig:
         if self.local_size > self.global_size:
             raise ValueError(f"local_size ({self.local_size}) must not exceed global_size ({self.global_size})")
         choices = {"optimizer": ("sgd", "lars", "adamw"), "amp": ("auto", "bf16", "fp16", "none"),
+                   "augmentation": ("pil", "fast"),
                    "device": ("auto", "cpu", "cuda")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -314,9 +317,12 @@ class Trainer:
     def _build_data(self) -> None:
         """Multi-crop views of the training split; every process reads its own shard."""
         c = self.config
-        augmentation = MultiCropAugmentation(c.global_crops_scale, c.local_crops_scale, c.local_crops_number,
-                                             c.global_size, c.local_size)
+        views = FastMultiCropAugmentation if c.augmentation == "fast" else MultiCropAugmentation
+        augmentation = views(c.global_crops_scale, c.local_crops_scale, c.local_crops_number, c.global_size,
+                             c.local_size)
         images = imagenet(c.data_path, "train", augmentation, per_class=c.train_per_class or None)
+        if c.augmentation == "fast":
+            images.loader = os.fspath           # the fast path decodes the file itself, at reduced size if it can
         _check_crop_sizes(images, c.global_size)
         if len(images) < c.batch_size_per_gpu * self.world_size:
             raise ValueError(f"{len(images)} training images cannot fill one batch of "
@@ -484,6 +490,8 @@ class Trainer:
             if g == 0:
                 group["weight_decay"] = float(self.wd_schedule[it])
         crops = [x.to(device, non_blocking=True, memory_format=self.memory_format) for x in crops]
+        if crops[0].dtype == torch.uint8:                        # the fast data path: normalise on the device
+            crops = [normalize_uint8(x) for x in crops]
         with torch.autocast(device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
             with torch.no_grad():
                 teacher_out = self.teacher_fn(crops[:2])

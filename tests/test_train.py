@@ -133,3 +133,10 @@ def test_exported_teacher_backbone_reloads_with_identical_features(tiny_folder, 
     assert dim == 512
     for name, value in backbone.state_dict().items():
         assert torch.equal(value, teacher["backbone." + name])
+
+
+@pytest.mark.slow
+def test_fast_data_path_trains_and_normalises_on_the_device(tiny_folder, tmp_path):
+    record = train(tiny_config(tiny_folder, tmp_path / "fast", augmentation="fast", knn_every=0, epochs=1,
+                               warmup_epochs=0, num_workers=1))
+    assert record["epoch"] == 1 and 0 < record["loss"] < 10
