@@ -116,15 +116,17 @@ print(f"Imagenette at {DATA_ROOT.name}: {len(CLASS_NAMES)} classes")
 def load_trained_backbone(path) -> tuple:
     """(backbone, description) from an exported backbone file or a training checkpoint."""
     state = checkpoint.load(path)
-    if "teacher" in state:                          # a full training checkpoint: keep the teacher's backbone
-        exported = Path(tempfile.mkdtemp(prefix="dino_backbone_")) / "backbone.pth"
-        checkpoint.export_backbone(path, exported, network="teacher")
-        image_size = state["config"]["knn_image_size"]
-        path, state = exported, checkpoint.load(exported)
-    else:
+    if "teacher" not in state:                      # an exported backbone file
+        backbone, _ = checkpoint.load_backbone(path)
         image_size = state.get("knn_image_size", DEFAULT_IMAGE_SIZE)
-    backbone, _ = checkpoint.load_backbone(path)
-    return backbone, {"arch": state["arch"], "small_images": state["small_images"], "image_size": image_size}
+        return backbone, {"arch": state["arch"], "small_images": state["small_images"], "image_size": image_size}
+    with tempfile.TemporaryDirectory() as folder:   # a training checkpoint: keep the teacher's backbone
+        exported = Path(folder) / "backbone.pth"
+        checkpoint.export_backbone(path, exported, network="teacher")
+        backbone, _ = checkpoint.load_backbone(exported)
+    config = state["config"]
+    return backbone, {"arch": config["arch"], "small_images": config["small_images"],
+                      "image_size": config["knn_image_size"]}
 
 
 # %% [markdown]
@@ -136,21 +138,20 @@ def load_trained_backbone(path) -> tuple:
 # %% tags=["nbval-ignore-output"]
 start = time.time()
 if CHECKPOINT:
-    trained_path = Path(CHECKPOINT)
-    TRAINED_LABEL = f"trained ({trained_path.name})"
+    TRAINED_LABEL = f"trained ({Path(CHECKPOINT).name})"
+    trained_backbone, INFO = load_trained_backbone(CHECKPOINT)
 else:
-    run_dir = Path(tempfile.mkdtemp(prefix="dino_quick_"))
-    quick = TrainConfig.from_preset(
-        "small", data_path=str(DATA_ROOT), output_dir=str(run_dir), epochs=1, max_iters_per_epoch=30,
-        batch_size_per_gpu=16, train_per_class=50, global_size=64, local_size=32, local_crops_number=2,
-        knn_every=0, knn_image_size=64, warmup_epochs=0, freeze_last_layer=0, lr=0.016, num_workers=0,
-        progress=False)
-    with contextlib.redirect_stdout(io.StringIO()):
-        train(quick)
-    trained_path = run_dir / checkpoint.CHECKPOINT_NAME
     TRAINED_LABEL = "DINO, 30 steps"
-trained_backbone, INFO = load_trained_backbone(trained_path)
-print(f"{TRAINED_LABEL}: {INFO['arch']} from {trained_path.name}, {time.time() - start:.0f} s")
+    with tempfile.TemporaryDirectory(prefix="dino_quick_") as run_dir:
+        quick = TrainConfig.from_preset(
+            "small", data_path=str(DATA_ROOT), output_dir=run_dir, epochs=1, max_iters_per_epoch=30,
+            batch_size_per_gpu=16, train_per_class=50, global_size=64, local_size=32, local_crops_number=2,
+            knn_every=0, knn_image_size=64, warmup_epochs=0, freeze_last_layer=0, lr=0.016, num_workers=0,
+            progress=False)
+        with contextlib.redirect_stdout(io.StringIO()):
+            train(quick)
+        trained_backbone, INFO = load_trained_backbone(Path(run_dir) / checkpoint.CHECKPOINT_NAME)
+print(f"{TRAINED_LABEL}: {INFO['arch']}, evaluated at {INFO['image_size']} px, {time.time() - start:.0f} s")
 
 # %% [markdown]
 # The random network has the same architecture, freshly initialised. Features are computed at the
