@@ -144,10 +144,16 @@ else:
     TRAINED_LABEL = "DINO, 30 steps"
     with tempfile.TemporaryDirectory(prefix="dino_quick_") as run_dir:
         quick = TrainConfig.from_preset(
-            "small", data_path=str(DATA_ROOT), output_dir=run_dir, epochs=1, max_iters_per_epoch=30,
-            batch_size_per_gpu=16, train_per_class=50, global_size=64, local_size=32, local_crops_number=2,
-            knn_every=0, knn_image_size=64, warmup_epochs=0, freeze_last_layer=0, lr=0.016, num_workers=0,
-            progress=False)
+            "small", data_path=str(DATA_ROOT), output_dir=run_dir,
+            # the preset's network, loss and optimiser, written out so that this run stays the same if it changes
+            arch="resnet18", out_dim=4096, head_hidden_dim=1024, head_bottleneck_dim=256, use_bn_in_head=True,
+            global_crops_scale=(0.25, 1.0), local_crops_scale=(0.05, 0.25), optimizer="adamw", min_lr=1e-5,
+            weight_decay=0.04, weight_decay_end=0.1, momentum_teacher=0.99, teacher_temp=0.04,
+            warmup_teacher_temp=0.04,
+            # shrunk to about a minute on a CPU
+            epochs=1, max_iters_per_epoch=30, batch_size_per_gpu=16, train_per_class=50, global_size=64,
+            local_size=32, local_crops_number=2, warmup_epochs=0, freeze_last_layer=0, lr=0.016,
+            knn_every=0, knn_image_size=64, num_workers=0, progress=False)
         with contextlib.redirect_stdout(io.StringIO()):
             train(quick)
         trained_backbone, INFO = load_trained_backbone(Path(run_dir) / checkpoint.CHECKPOINT_NAME)
