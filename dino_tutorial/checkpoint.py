@@ -54,7 +54,8 @@ def export_backbone(checkpoint_path: str | os.PathLike, out_path: str | os.PathL
     weights = {k[len(prefix):]: v for k, v in state[network].items() if k.startswith(prefix)}
     config = state["config"]
     save(out_path, {"arch": config["arch"], "small_images": config["small_images"], "backbone": weights,
-                    "epochs": state["epoch"], "source": str(checkpoint_path), "network": network})
+                    "knn_image_size": config["knn_image_size"], "seed": config["seed"], "epochs": state["epoch"],
+                    "source": str(checkpoint_path), "network": network})
 
 
 def load_backbone(path: str | os.PathLike, map_location: Any = "cpu"):

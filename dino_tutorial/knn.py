@@ -1,4 +1,5 @@
-"""Weighted k-nearest-neighbour evaluation of frozen features (paper Sec. 4.1, after Wu et al. 2018).
+"""Weighted k-nearest-neighbour evaluation of frozen features (paper Sec. 3.2, "Evaluation protocols", and
+Table 2; after Wu et al. 2018).
 
 Features are L2-normalised, so a dot product is a cosine similarity s. Each test image takes its k most
 similar training images; each neighbour votes for its label with weight exp(s / T). The class with the
