@@ -53,17 +53,18 @@ def principal_components(feature_maps: torch.Tensor, n_components: int = 3) -> t
     """Projections of every position on the first principal components of all positions of the batch.
 
     (B, C, h, w) -> (B, h, w, n_components), in float32. The positions of all images are pooled (so a colour
-    means the same thing in every image), centred, and projected on the top right-singular vectors of the
-    centred (B h w, C) matrix. A component's sign is arbitrary; it is fixed so that its largest loading is
-    positive, which makes the result reproducible.
+    means the same thing in every image), centred, and projected on the top principal directions: the
+    eigenvectors of the (C, C) covariance, which are the right-singular vectors of the centred (B h w, C)
+    matrix (computed this way because C is far smaller than B h w). A component's sign is arbitrary; it is
+    fixed so that its largest loading is positive, which makes the result reproducible.
     """
     B, C, h, w = feature_maps.shape
     if not 1 <= n_components <= min(C, B * h * w):
         raise ValueError(f"n_components must be in [1, {min(C, B * h * w)}], got {n_components}")
     x = _positions(feature_maps).double()
     x = x - x.mean(dim=0)
-    _, _, vt = torch.linalg.svd(x, full_matrices=False)           # rows of vt: principal directions
-    directions = vt[:n_components]                                 # (n, C)
+    _, vectors = torch.linalg.eigh(x.T @ x)                        # eigenvalues in ascending order
+    directions = vectors[:, -n_components:].flip(1).T              # (n, C), largest variance first
     largest = directions.abs().argmax(dim=1)
     directions = directions * directions.gather(1, largest[:, None]).sign()
     return (x @ directions.T).float().reshape(B, h, w, n_components)
