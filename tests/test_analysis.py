@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from dino_tutorial.analysis import (feature_map, foreground_mask, mask_iou, masked_mean, pca_rgb,
+from dino_tutorial.analysis import (densify, feature_map, foreground_mask, mask_iou, masked_mean, pca_rgb,
                                     principal_components, saliency, upsample)
 from dino_tutorial.model import build_backbone
 
@@ -36,6 +36,30 @@ def test_feature_map_is_the_map_that_the_backbone_pools():
 def test_feature_map_of_the_small_image_stem_has_stride_8():
     backbone, dim = build_backbone("resnet18_w16", small_images=True)
     assert feature_map(backbone.eval(), torch.randn(1, 3, 64, 64)).shape == (1, dim, 8, 8)
+
+
+@pytest.mark.parametrize("arch, size", [("resnet18_w16", 96), ("resnet50", 64)])   # basic and bottleneck blocks
+def test_dense_map_holds_the_original_map_at_every_step(arch, size):
+    torch.manual_seed(0)
+    backbone, _ = build_backbone(arch)
+    backbone.eval()
+    images = torch.randn(1, 3, size, size)
+    original = feature_map(backbone, images)
+    for output_stride in (16, 8):
+        dense = feature_map(densify(backbone, output_stride), images)
+        step = 32 // output_stride
+        assert dense.shape[-2:] == (size // output_stride, size // output_stride)
+        assert torch.allclose(dense[..., ::step, ::step], original, atol=1e-4, rtol=1e-4)
+        assert not torch.allclose(dense[..., 1::step, 1::step], original, atol=1e-2)   # new positions are new
+
+
+def test_densify_leaves_the_original_network_alone():
+    backbone, _ = build_backbone("resnet18_w16")
+    before = [(m.stride, m.dilation) for m in backbone.modules() if isinstance(m, torch.nn.Conv2d)]
+    densify(backbone, 8)
+    assert [(m.stride, m.dilation) for m in backbone.modules() if isinstance(m, torch.nn.Conv2d)] == before
+    with pytest.raises(ValueError, match="output_stride"):
+        densify(backbone, 4)
 
 
 def test_feature_map_refuses_a_network_that_is_not_a_resnet():
