@@ -82,11 +82,14 @@ if DEVICE.type == "cpu" and (os.cpu_count() or 1) <= 2:
 # The trained network to evaluate is a checkpoint written by the package's trainer (chapter 06), for example
 # `runs/small/checkpoint.pth` after `python -m dino_tutorial.train --preset small --data-path ... --output-dir
 # runs/small`, or the small file that `dino_tutorial.checkpoint.export_backbone` makes from one. Set
-# `CHECKPOINT` below (or the environment variable `DINO_CHECKPOINT`) to its path. Left empty, the chapter
-# trains a network with DINO for about a minute instead, so that it always runs offline.
+# `CHECKPOINT` below (or the environment variable `DINO_CHECKPOINT`) to its path. By default it is the teacher
+# backbone of the course's own 30-epoch CPU run of the `small` preset (`assets/small_teacher_backbone.pth`, 2.8 MB;
+# its log is in `results/`). Where that file is missing (a notebook opened alone in Colab), the chapter trains a
+# network with DINO for about a minute instead, so that it always runs offline.
 
 # %%
-CHECKPOINT = os.environ.get("DINO_CHECKPOINT", "")   # a checkpoint or exported backbone, or "" for a quick run
+COMMITTED = Path("assets/small_teacher_backbone.pth")
+CHECKPOINT = os.environ.get("DINO_CHECKPOINT", str(COMMITTED) if COMMITTED.exists() else "")
 DEFAULT_IMAGE_SIZE = 96   # k-NN resolution for exported backbone files that do not record one (small preset)
 
 # %% tags=["hide-input"]
@@ -273,7 +276,7 @@ def check_weighted_knn(predict_fn):
             yours = 100 * (predictions == query_labels).float().mean().item()
             expected, _ = knn_classify(bank, bank_labels, queries, query_labels, k=k, T=T,
                                        num_classes=len(CLASS_NAMES))
-            assert abs(yours - expected) < 1e-6, (f"{name}, k={k}, T={T}: your top-1 is {yours:.2f}%, "
+            assert abs(yours - expected) < 1e-3, (f"{name}, k={k}, T={T}: your top-1 is {yours:.2f}%, "
                                                   f"knn_classify gives {expected:.2f}%")
     print("Correct: your weighted vote gives the accuracy of dino_tutorial.knn.knn_classify")
 
