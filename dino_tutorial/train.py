@@ -287,8 +287,13 @@ def _check_crop_sizes(images, global_size: int, samples: int = 16) -> None:
     step = max(1, len(images.samples) // samples)
     sides = []
     for path, _ in images.samples[::step][:samples]:
-        with Image.open(path) as img:                    # reads the header only
-            sides.append(min(img.size))
+        try:
+            with Image.open(path) as img:                # reads the header only
+                sides.append(min(img.size))
+        except (OSError, SyntaxError):
+            continue                                     # unreadable files are the training loop's to report
+    if not sides:
+        return
     median = sorted(sides)[len(sides) // 2]
     if median < global_size:
         raise ValueError(f"global_size {global_size} is larger than the images: their median short side is "
