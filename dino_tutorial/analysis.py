@@ -78,11 +78,13 @@ def _positions(feature_maps: torch.Tensor) -> torch.Tensor:
     return feature_maps.permute(0, 2, 3, 1).reshape(-1, feature_maps.shape[1])
 
 
-def principal_components(feature_maps: torch.Tensor, n_components: int = 3) -> torch.Tensor:
+def principal_components(feature_maps: torch.Tensor, n_components: int = 3, centre: str = "batch") -> torch.Tensor:
     """Projections of every position on the first principal components of all positions of the batch.
 
     (B, C, h, w) -> (B, h, w, n_components), in float32. The positions of all images are pooled (so a colour
-    means the same thing in every image), centred, and projected on the top principal directions: the
+    means the same thing in every image) and centred: by the mean of the whole batch (``centre="batch"``), or
+    by each image's own mean (``centre="image"``, so that differences *between* images do not count and the
+    components describe contrasts within an image). They are projected on the top principal directions: the
     eigenvectors of the (C, C) covariance, which are the right-singular vectors of the centred (B h w, C)
     matrix (computed this way because C is far smaller than B h w). A component's sign is arbitrary; it is
     fixed so that its largest loading is positive, which makes the result reproducible.
@@ -90,7 +92,12 @@ def principal_components(feature_maps: torch.Tensor, n_components: int = 3) -> t
     B, C, h, w = feature_maps.shape
     if not 1 <= n_components <= min(C, B * h * w):
         raise ValueError(f"n_components must be in [1, {min(C, B * h * w)}], got {n_components}")
-    x = _positions(feature_maps).double()
+    if centre not in ("batch", "image"):
+        raise ValueError(f"centre must be 'batch' or 'image', got {centre!r}")
+    x = feature_maps.double()
+    if centre == "image":
+        x = x - x.mean(dim=(2, 3), keepdim=True)
+    x = _positions(x)
     x = x - x.mean(dim=0)
     _, vectors = torch.linalg.eigh(x.T @ x)                        # eigenvalues in ascending order
     directions = vectors[:, -n_components:].flip(1).T              # (n, C), largest variance first
@@ -131,15 +138,15 @@ def _centre_weight(h: int, w: int) -> torch.Tensor:
 
 
 def foreground_mask(feature_maps: torch.Tensor, method: str = "pca", threshold: Optional[float] = None,
-                    orient: str = "minority") -> torch.Tensor:
+                    orient: str = "minority", centre: str = "batch") -> torch.Tensor:
     """A label-free foreground mask per image. (B, C, h, w) -> (B, h, w) bool.
 
     ``method="pca"``: the first principal component of the batch's positions (``principal_components``),
     foreground where it exceeds ``threshold`` (default 0, the batch mean). The sign of a component is
     arbitrary, so it is oriented first: ``orient="minority"`` makes the foreground the smaller part of the
     batch's positions (objects cover less of a photo than the rest); ``orient="centre"`` makes it the side
-    with the larger values in the central half of the images (photographers centre their subject).
-    ``method="norm"``: ``saliency`` above ``threshold`` (default: each image's mean saliency); no orientation.
+    with the larger values in the central half of the images (photographers centre their subject). ``centre``
+    is passed to ``principal_components``. ``method="norm"``: ``saliency`` above ``threshold`` (default: each image's mean saliency); no orientation.
     """
     if method == "norm":
         s = saliency(feature_maps)
@@ -147,7 +154,7 @@ def foreground_mask(feature_maps: torch.Tensor, method: str = "pca", threshold: 
         return s > limit
     if method != "pca":
         raise ValueError(f"method must be 'pca' or 'norm', got {method!r}")
-    p = principal_components(feature_maps, 1)[..., 0].double()     # (B, h, w), mean 0 over the batch
+    p = principal_components(feature_maps, 1, centre)[..., 0].double()    # (B, h, w), mean 0 over the batch
     if orient == "minority":
         flip = (p > 0).double().mean() > 0.5
     elif orient == "centre":

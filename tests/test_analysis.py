@@ -103,6 +103,13 @@ def test_pca_mask_recovers_the_planted_object_as_the_minority():
     assert torch.equal(mask, truth)
 
 
+def test_image_centring_ignores_differences_between_images():
+    maps, truth = planted()
+    maps[0] += 5.0                                                   # one image far brighter than the others
+    assert foreground_mask(maps, centre="batch").flatten(1).all(dim=1).tolist() == [True, False, False]
+    assert torch.equal(foreground_mask(maps, centre="image"), truth)
+
+
 def test_centre_orientation_picks_a_central_object_even_when_it_is_the_majority():
     maps, truth = planted(box=(1, 7, 1, 7))                          # 36 of 64 positions, centred
     assert torch.equal(foreground_mask(maps, orient="centre"), truth)
@@ -161,3 +168,5 @@ def test_unknown_method_and_orientation_are_refused():
         foreground_mask(maps, method="attention")
     with pytest.raises(ValueError, match="orient"):
         foreground_mask(maps, orient="largest")
+    with pytest.raises(ValueError, match="centre"):
+        principal_components(maps, centre="dataset")
