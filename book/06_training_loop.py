@@ -48,6 +48,7 @@ except ImportError:
 import json
 import math
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -1120,6 +1121,9 @@ for key, value in long_numbers.items():
 # accuracy, as here, is not a reason to stop while the entropy stays between the two; a k-NN accuracy that is
 # still below the random network's after a good part of the run is, and so is any collapse of the entropy.
 # ```
+
+# %% tags=["hide-input"]
+shutil.rmtree(WORK_DIR, ignore_errors=True)  # the runs of this chapter were temporary
 
 # %% [markdown]
 # ## Summary
