@@ -95,7 +95,7 @@ class TrainConfig:
     # run
     train_per_class: int = 0             # images per class for training; 0 = all
     max_iters_per_epoch: int = 0         # 0 = the whole epoch
-    amp: str = "auto"                    # auto (bf16 on CUDA) | bf16 | fp16 | none
+    amp: str = "auto"                    # auto (bf16 on CUDA, fp16 where bf16 is missing) | bf16 | fp16 | none
     channels_last: bool = True           # CUDA only
     compile: bool = False
     num_workers: int = 8
@@ -173,7 +173,7 @@ PRESETS: Dict[str, Dict] = {
     #   collapses to uniform outputs (teacher entropy -> ln K);
     # - a sharper teacher (temperature 0.02) for the same reason; AdamW at 1e-3 (SGD at 0.03 x batch / 256
     #   barely moves in a few hundred steps); teacher momentum 0.99 (0.996 averages over too few steps);
-    # - the last layer is not frozen (one epoch of 30 would be a third of the warmup) and crops cover
+    # - the last layer is not frozen (one epoch would be half of the 2-epoch warmup) and crops cover
     #   more of the image (0.25-1 and 0.05-0.25) at this low resolution.
     "small": dict(arch="resnet18_w16", out_dim=2048, head_hidden_dim=512, head_bottleneck_dim=64,
                   use_bn_in_head=True, global_size=64, local_size=32, local_crops_number=4,
@@ -303,8 +303,8 @@ def _check_crop_sizes(images, global_size: int, samples: int = 16) -> None:
 def _amp_dtype(config: TrainConfig, device: torch.device) -> Optional[torch.dtype]:
     if config.amp == "none" or (config.amp == "auto" and device.type != "cuda"):
         return None
-    if config.amp == "fp16":
-        return torch.float16
+    if config.amp == "fp16" or (config.amp == "auto" and not torch.cuda.is_bf16_supported()):
+        return torch.float16                             # with a GradScaler (e.g. a T4, which has no bf16)
     return torch.bfloat16
 
 
