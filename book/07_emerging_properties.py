@@ -1,0 +1,982 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 07 Emerging properties: do self-supervised features find objects?
+#
+# *The paper's most striking figure shows a Vision Transformer, trained without a single label, outlining the
+# objects in its images. A ResNet has no attention to look at; this chapter asks its feature map the same
+# question, and puts a number on the answer.*
+#
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/dino-tutorial/dino-tutorial/blob/main/book/07_emerging_properties.ipynb)
+#
+# **Estimated time:** 50 minutes.
+
+# %% [markdown]
+# ## Tutorial objectives
+#
+# - Take the last convolutional feature map of a ResNet apart, one descriptor per 32-pixel cell, and make it
+#   denser without retraining.
+# - Colour every cell by the principal components of the descriptors (you write `pca_rgb`), and threshold
+#   the first component into a foreground mask without labels.
+# - Compute a class-agnostic saliency map from the feature norms (you write `saliency`), and meet the trap
+#   that makes every convolutional network look centre-seeking.
+# - Put an honest number on masks when no segmentation ground truth exists, and look at nearest neighbours.
+# - Compare a network trained with DINO against a random one, and say what a ResNet shows less clearly than a
+#   ViT's attention.
+
+# %% [markdown]
+# ## Setup
+
+# %% tags=["hide-input"]
+# Install the course package when it is missing (in Colab); locally: `pip install -e .` in the repository.
+try:
+    import dino_tutorial
+except ImportError:
+    # %pip install -q git+https://github.com/dino-tutorial/dino-tutorial
+    import dino_tutorial
+
+# %% tags=["hide-input"]
+import os
+import shutil
+import tempfile
+import urllib.request
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from dino_tutorial import analysis, checkpoint
+from dino_tutorial.augment import denormalize, eval_transform
+from dino_tutorial.data import (IMAGENETTE_CLASSES, imagenette, imagenette_root, load_rgb,
+                                resolve_data_root, sample_image_paths)
+from dino_tutorial.knn import knn_classify
+from dino_tutorial.model import build_backbone
+from dino_tutorial.train import TrainConfig, default_device, set_seed
+
+try:
+    from myst_nb import glue  # numbers quoted in the book's text come from the cells
+except ImportError:  # outside the book's toolchain (e.g. in Colab) there is nothing to glue into
+    def glue(name, value, display=True):
+        pass
+
+plt.rcParams.update({"figure.dpi": 100, "axes.titlesize": 9, "axes.labelsize": 10, "font.size": 9})
+try:  # the figures are mostly photographs: JPEG keeps the notebook a fraction of the size PNG would
+    from matplotlib_inline.backend_inline import set_matplotlib_formats
+    set_matplotlib_formats("jpeg", pil_kwargs={"quality": 90})
+except ImportError:
+    pass
+set_seed(0)
+DEVICE = default_device()
+if DEVICE.type == "cpu" and (os.cpu_count() or 1) <= 2:
+    # Small networks on a CPU with two cores or fewer: one thread is faster than two that wait for each other.
+    torch.set_num_threads(1)
+
+
+def as_image(tensor: torch.Tensor) -> np.ndarray:
+    """A normalised (3, H, W) image as an (H, W, 3) array in [0, 1] for imshow."""
+    return denormalize(tensor.cpu()).permute(1, 2, 0).numpy()
+
+
+def dim_outside(image: np.ndarray, mask: torch.Tensor) -> np.ndarray:
+    """The image with the positions outside a (H, W) bool mask darkened."""
+    return image * (0.3 + 0.7 * mask.cpu().numpy()[..., None])
+
+
+def compare(a: float, b: float, unit: str = " points") -> str:
+    """'x above' / 'x below' / 'level with' for the sentence 'a is ... b'."""
+    if abs(a - b) < 0.05:
+        return "level with"
+    return f"{abs(a - b):.1f}{unit} {'above' if a > b else 'below'}"
+
+
+# %% tags=["hide-input"]
+# The data: full-size photographs (imagenet-samples) for the figures, Imagenette for the numbers.
+try:
+    PHOTO_PATHS, DATA_ROOT, problem = sample_image_paths(), imagenette_root(), None
+except FileNotFoundError as err:
+    problem = err
+if problem:
+    print(f"This chapter needs photographs and Imagenette: set DINO_DATA to a folder holding imagenet-samples/ "
+          f"and imagenette-mini/, or run online so that Imagenette is downloaded into {resolve_data_root()} "
+          f"({problem})")
+    raise SystemExit(1)
+CLASS_NAMES = [IMAGENETTE_CLASSES.get(wnid, wnid) for wnid in imagenette("val").classes]
+print(f"{len(PHOTO_PATHS)} photos for the figures; Imagenette at {DATA_ROOT.name}, {len(CLASS_NAMES)} classes")
+
+# %% [markdown]
+# ## Section 1: attention maps, and what a ResNet has instead
+#
+# Figure 1 of the paper shows, for a ViT trained with DINO, where the `[CLS]` token of the last layer looks:
+# its self-attention falls on the bird, the boat, the dog, and not on the background, although the network
+# never saw a label or a mask. Figure 3 shows that different attention heads pick different parts of the
+# object, and Section 4.2 turns the maps into masks by keeping the most-attended patches. The abstract adds a
+# careful rider: this information "does not emerge as clearly with supervised ViTs, nor with convnets".
+#
+# This course trains a ResNet, and a ResNet has no attention. What it does have is its **last convolutional
+# feature map**: the output of `layer4`, a tensor $(C, h, w)$ that the global average pool turns into the
+# feature that k-NN and the DINO head use. The network downsamples by 32, so a 224-pixel image gives $h = w =
+# 7$: each of the 49 positions holds a $C$-dimensional descriptor of a region of the image (centred on its
+# 32 × 32 pixel cell, though it sees much more of the image than that cell). Everything in this chapter reads
+# that map: `dino_tutorial.analysis.feature_map(backbone, images)` runs the ResNet up to `layer4` and stops
+# before the pool.
+#
+# Two networks of the same architecture are compared: one **trained with DINO** (the teacher backbone of the
+# course's `small` preset, trained in chapter 06 and stored with the book) and one **random**, initialised and
+# never trained. A random convolutional network is a demanding baseline (chapter 05): whatever it shows comes
+# from the architecture and the image statistics, not from learning.
+
+# %%
+SMALL = TrainConfig.from_preset("small")
+BACKBONE_FILE = Path(os.environ.get("DINO_BACKBONE", "assets/small_teacher_backbone.pth"))
+BACKBONE_URL = ("https://github.com/dino-tutorial/dino-tutorial/raw/main/book/assets/"
+                "small_teacher_backbone.pth")
+
+
+def fetch(path: Path, url: str):
+    """`path` when it exists, else the file downloaded from `url` to `path`; None when that fails (offline)."""
+    if path.is_file():
+        return path
+    download = Path(tempfile.mkdtemp()) / path.name
+    try:
+        with urllib.request.urlopen(url, timeout=15) as response, open(download, "wb") as out:
+            shutil.copyfileobj(response, out)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(download, path)
+        return path
+    except Exception:  # no network, no such file: the chapter goes on without it
+        return None
+    finally:
+        shutil.rmtree(download.parent, ignore_errors=True)
+
+
+trained_file = fetch(BACKBONE_FILE, BACKBONE_URL)
+if trained_file is not None:
+    stored = checkpoint.load(trained_file)
+    ARCH, SMALL_IMAGES = stored["arch"], stored["small_images"]
+else:
+    ARCH, SMALL_IMAGES = SMALL.arch, SMALL.small_images
+
+set_seed(0)
+random_backbone, FEATURE_DIM = build_backbone(ARCH, small_images=SMALL_IMAGES)
+NETWORKS = {"random": random_backbone.eval()}
+if trained_file is not None:
+    NETWORKS["DINO"], _ = checkpoint.load_backbone(trained_file)
+    print(f"DINO: the teacher backbone of the small preset ({ARCH}) after {stored['epochs']} epochs, "
+          f"from {BACKBONE_FILE}")
+else:
+    print(f"No DINO-trained backbone at {BACKBONE_FILE} (and none could be downloaded): this run shows the "
+          f"random network only. The comparison with the DINO-trained network appears when the file is there.")
+NETWORKS = {name: net.to(DEVICE) for name, net in NETWORKS.items()}
+print(f"random: {ARCH} initialised with seed 0, {FEATURE_DIM}-d features")
+
+# %% [markdown]
+# The figures use six full-size photographs, resized and centre-cropped as for evaluation. The subjects were
+# picked to vary in size and place: a mask that simply covers the middle of the frame will not look right on
+# all of them. At what size should the networks see them? A convolutional network accepts any size, but it
+# knows objects at the scales it was trained on. The `small` preset resizes global views to
+# {glue:text}`small_global_size` pixels, and each view covers {glue:text}`small_scale_range` of the image's
+# area: a whole image therefore appears in training as if it were {glue:text}`small_global_size` to
+# {glue:text}`small_largest` pixels wide. This chapter shows the photos at the middle of that range,
+# {glue:text}`image_size` pixels. (The figures draw the same crops at 224 pixels, for the eye.)
+
+# %%
+low_scale, high_scale = SMALL.global_crops_scale
+largest = round(SMALL.global_size / low_scale ** 0.5)       # a view of the smallest area, blown up to full size
+IMAGE_SIZE = round((SMALL.global_size / high_scale ** 0.5 + largest) / 2)
+DISPLAY_SIZE = 224
+glue("small_global_size", SMALL.global_size, display=False)
+glue("small_scale_range", f"{100 * low_scale:.0f}% to {100 * high_scale:.0f}%", display=False)
+glue("small_largest", largest, display=False)
+glue("image_size", IMAGE_SIZE, display=False)
+FIGURE_PHOTOS = ["black_swan", "tench", "sea_lion", "Shetland_sheepdog", "water_tower", "spaghetti_squash"]
+chosen = [p for name in FIGURE_PHOTOS for p in PHOTO_PATHS if p.stem.endswith(name)]
+chosen = chosen if len(chosen) == len(FIGURE_PHOTOS) else PHOTO_PATHS[:len(FIGURE_PHOTOS)]
+PHOTO_TITLES = [p.stem.split("_", 1)[-1].replace("_", " ") for p in chosen]
+photos = [load_rgb(p) for p in chosen]
+PHOTOS = torch.stack([eval_transform(IMAGE_SIZE)(photo) for photo in photos])            # what the networks see
+SHOWN = torch.stack([eval_transform(DISPLAY_SIZE)(photo) for photo in photos])           # the same crops, larger
+
+for name, net in NETWORKS.items():
+    maps = analysis.feature_map(net, PHOTOS.to(DEVICE)).cpu()
+    with torch.no_grad():
+        pooled = net(PHOTOS.to(DEVICE)).cpu()
+    same = torch.allclose(maps.mean(dim=(2, 3)), pooled, atol=1e-4)
+    print(f"{name}: images {tuple(PHOTOS.shape)} -> feature maps {tuple(maps.shape)}; "
+          f"their spatial mean equals the pooled feature: {same}")
+
+# %% [markdown]
+# At {glue:text}`image_size` pixels the map has only {glue:text}`original_map_size` positions: too few to say
+# where anything is. There are two ways to get more. The first is a larger image: at 224 pixels the map has
+# 7 × 7 positions, but the network then sees every object several times larger than in training. The second
+# keeps the image and samples the same filters more densely. `analysis.densify(backbone, output_stride=16)`
+# sets the stride of `layer4` to 1 and spreads the taps of its 3 × 3 convolutions apart by the factor the
+# stride would have skipped (a *dilated*, or "à trous", convolution, as in DeepLab; Chen et al. 2017);
+# `output_stride=8` does the same to `layer3` as well. No weight changes. The map becomes denser, and it
+# contains the original map: every second (output stride 16) or fourth (output stride 8) position of the dense
+# map is exactly a position of the original one, and the positions in between are what the network computes
+# for the image shifted by a fraction of 32 pixels. The cell checks that.
+
+# %%
+OUTPUT_STRIDE = 16
+DENSE = {name: analysis.densify(net, OUTPUT_STRIDE) for name, net in NETWORKS.items()}
+MAPS = {name: analysis.feature_map(net, PHOTOS.to(DEVICE)).cpu() for name, net in DENSE.items()}
+step = 32 // OUTPUT_STRIDE
+for name, maps in MAPS.items():
+    original = analysis.feature_map(NETWORKS[name], PHOTOS.to(DEVICE)).cpu()
+    contained = torch.allclose(maps[..., ::step, ::step], original, atol=1e-4, rtol=1e-4)
+    print(f"{name}, output stride {OUTPUT_STRIDE}: feature maps {tuple(maps.shape)}; positions 0, {step}, "
+          f"{2 * step}, ... equal the original map: {contained}")
+glue("original_map_size", " × ".join(map(str, original.shape[-2:])), display=False)
+h, w = MAPS["random"].shape[-2:]
+glue("map_size", f"{h} × {w}", display=False)
+glue("cell_pixels", f"{DISPLAY_SIZE * OUTPUT_STRIDE // IMAGE_SIZE}", display=False)
+glue("feature_dim", FEATURE_DIM, display=False)
+glue("output_stride", OUTPUT_STRIDE, display=False)
+
+# %% [markdown]
+# The figure shows what each choice gives for one photo: the first three principal components of the map
+# (Section 2 explains them; here they only show how many positions there are and how they vary), for three
+# output strides at {glue:text}`image_size` pixels and for the original network at 224 pixels. The rest of
+# the chapter uses output stride {glue:text}`output_stride`: a twice denser map whose new positions are
+# still close to what the network saw in training (Think! 1 asks why not denser, or larger).
+
+# %% tags=["hide-input"]
+SETTINGS = [(IMAGE_SIZE, 32), (IMAGE_SIZE, 16), (IMAGE_SIZE, 8), (DISPLAY_SIZE, 32)]
+example = PHOTO_TITLES.index("sea lion") if "sea lion" in PHOTO_TITLES else 0
+fig, axes = plt.subplots(len(NETWORKS), len(SETTINGS) + 1, figsize=(11, 2.3 * len(NETWORKS)), squeeze=False)
+for row, (name, net) in enumerate(NETWORKS.items()):
+    axes[row, 0].imshow(as_image(SHOWN[example]))
+    axes[row, 0].set_ylabel(name)
+    for col, (size, stride) in enumerate(SETTINGS, start=1):
+        images = torch.stack([eval_transform(size)(photo) for photo in photos]).to(DEVICE)
+        maps = analysis.feature_map(analysis.densify(net, stride), images).cpu()
+        colours = analysis.upsample(analysis.pca_rgb(maps), (DISPLAY_SIZE, DISPLAY_SIZE))[example]
+        axes[row, col].imshow(colours)
+        axes[row, col].set_title(f"{size} px, stride {stride}: {maps.shape[-2]} × {maps.shape[-1]}")
+for ax in axes.flat:
+    ax.set_xticks([])
+    ax.set_yticks([])
+fig.tight_layout()
+plt.show()
+
+# %% [markdown]
+# ### Think! 1
+#
+# Why not output stride 8, or 4, for an even denser map? And why not simply show the network 224-pixel images?
+#
+# ```{admonition} Answer
+# :class: dropdown
+# A denser map is larger but hardly sharper. Each step of `densify` quadruples the positions of the last
+# stages (and their cost), but neighbouring positions then describe the same region shifted by a few pixels,
+# so they differ little; and the positions added along the bottom and right edges describe images shifted
+# partly out of the frame, mostly zero padding. A strided network is also not exactly shift-invariant
+# (Zhang 2019): the in-between positions are valid responses, but to slightly different images, and
+# averaging them changes the pooled feature.
+# A larger image keeps all positions "trained", but every object then appears several times larger than in
+# any training view, and a network's features are tuned to the scales it was trained on. Both roads exist to
+# trade resolution for faithfulness; the figure shows the map for each.
+# ```
+
+
+# %% tags=["hide-input"]
+def plot_rows(rows, titles, height=1.9):
+    """A grid of images: `rows` is a list of (row label, list of arrays, imshow keyword arguments)."""
+    fig, axes = plt.subplots(len(rows), len(titles), figsize=(1.9 * len(titles) + 0.6, height * len(rows)),
+                             squeeze=False)
+    for r, (label, images, kwargs) in enumerate(rows):
+        for c, image in enumerate(images):
+            axes[r, c].imshow(image, **kwargs)
+            axes[r, c].set_xticks([])
+            axes[r, c].set_yticks([])
+            if r == 0:
+                axes[r, c].set_title(titles[c])
+        axes[r, 0].set_ylabel(label)
+    fig.tight_layout()
+    plt.show()
+
+
+# %% [markdown]
+# ## Section 2: colour the cells by their principal components
+#
+# A {glue:text}`feature_dim`-dimensional descriptor cannot be looked at, but its main directions of variation can. Stack the
+# descriptors of **all positions of all images** into one matrix $X$ of shape $(B h w, C)$, subtract the
+# mean row, and find the principal directions: the right singular vectors $v_1, v_2, \dots$ of the centred
+# matrix ($X = U S V^\top$), ordered by how much variance they explain. Projecting every position on the
+# first three, $p_k = (x - \bar x) \cdot v_k$, and scaling each projection to $[0, 1]$ gives three numbers per
+# position: a colour. Positions that the network describes alike get alike colours, in every image at
+# once, because the directions are shared by the batch. This is the visualisation that DINOv2 (Oquab et al.
+# 2023, Figure 1) uses for its patch features.
+#
+# ### Coding exercise 1: `pca_rgb`
+#
+# Write `pca_rgb(feature_maps, n_components=3)`: from $(B, C, h, w)$ feature maps to $(B, h, w, n)$ values in
+# $[0, 1]$. Scale each component by its minimum and maximum over the whole batch. (The sign of a singular
+# vector is arbitrary: the check accepts either sign of each component.)
+
+# %% tags=["raises-exception"]
+def pca_rgb(feature_maps: torch.Tensor, n_components: int = 3) -> torch.Tensor:
+    """(B, C, h, w) -> (B, h, w, n_components): principal components of all positions, scaled to [0, 1]."""
+    B, C, h, w = feature_maps.shape
+    #################################################################
+    # Fill in the blanks (...), then remove this line.
+    raise NotImplementedError("Exercise 1: principal components as colours")
+    #################################################################
+    x = ...                      # (B * h * w, C): one row per position, the images one after another
+    x = ...                      # centred: the mean row subtracted
+    _, _, vt = torch.linalg.svd(x, full_matrices=False)
+    p = ...                      # (B * h * w, n_components): projections on the first rows of vt
+    p = ...                      # each column scaled to [0, 1] by its minimum and maximum
+    return p.reshape(B, h, w, n_components)
+
+
+print(tuple(pca_rgb(MAPS["random"]).shape))
+
+# %% tags=["hide-cell"]
+# Solution to exercise 1
+def pca_rgb(feature_maps: torch.Tensor, n_components: int = 3) -> torch.Tensor:
+    """(B, C, h, w) -> (B, h, w, n_components): principal components of all positions, scaled to [0, 1]."""
+    B, C, h, w = feature_maps.shape
+    x = feature_maps.permute(0, 2, 3, 1).reshape(-1, C)
+    x = x - x.mean(dim=0)
+    _, _, vt = torch.linalg.svd(x, full_matrices=False)
+    p = x @ vt[:n_components].T
+    p = (p - p.min(dim=0).values) / (p.max(dim=0).values - p.min(dim=0).values)
+    return p.reshape(B, h, w, n_components)
+
+
+print(tuple(pca_rgb(MAPS["random"]).shape))
+
+
+# %%
+def check_pca_rgb(pca_fn):
+    """Equal to dino_tutorial.analysis.pca_rgb up to the sign of each component, on the photos' feature maps."""
+    for name, maps in MAPS.items():
+        for n in (1, 3):
+            yours, reference = pca_fn(maps, n), analysis.pca_rgb(maps, n)
+            assert yours.shape == reference.shape, f"expected shape {tuple(reference.shape)}, got {tuple(yours.shape)}"
+            for k in range(n):
+                a, b = yours[..., k], reference[..., k]
+                assert (torch.allclose(a, b, atol=1e-3) or torch.allclose(a, 1 - b, atol=1e-3)), (
+                    f"{name}: component {k + 1} differs from dino_tutorial.analysis.pca_rgb (even with its sign flipped)")
+    print("Correct: your colours match dino_tutorial.analysis.pca_rgb")
+
+
+check_pca_rgb(pca_rgb)
+
+# %% tags=["hide-input"]
+DISPLAY = (DISPLAY_SIZE, DISPLAY_SIZE)
+photo_row = [("photo", [as_image(p) for p in SHOWN], {})]
+pca_rows = [(f"{name}: PCA colours", list(analysis.upsample(analysis.pca_rgb(maps), DISPLAY)), {})
+            for name, maps in MAPS.items()]
+plot_rows(photo_row + pca_rows, PHOTO_TITLES)
+
+# %% [markdown]
+# Each network's first three principal components, computed over the positions of all six photos and shown
+# as red, green and blue, then upsampled bilinearly from {glue:text}`map_size` positions to the image.
+#
+# What to look for: for a network whose features had learnt objects, a colour would mean a kind of thing, and
+# the animals of different photos would share a hue that their backgrounds do not. What the figure shows
+# instead depends on where the variance of the descriptors lies. Variance *between* photos (one photo's
+# positions all differ from another's) makes the colours change from photo to photo; variance *within* a
+# photo makes them change across it. The cell splits the total variance of each network's descriptors in
+# these two parts.
+
+# %%
+shares = {}
+for name, maps in MAPS.items():
+    per_image_mean = maps.mean(dim=(2, 3), keepdim=True)                      # (B, C, 1, 1)
+    within = ((maps - per_image_mean) ** 2).sum().item()
+    between = ((per_image_mean - maps.mean(dim=(0, 2, 3), keepdim=True)) ** 2).sum().item() * h * w
+    shares[name] = f"{100 * between / (between + within):.0f}%"
+    print(f"{name}: {100 * between / (between + within):.0f}% of the variance of the descriptors lies between "
+          f"the photos, {100 * within / (between + within):.0f}% within them")
+glue("between_shares", " and ".join(f"{share} for the {name} network" for name, share in shares.items()),
+     display=False)
+
+# %% [markdown]
+# The share of the variance that lies between photos is {glue:text}`between_shares`. The larger it is, the
+# more the principal components describe *which photo* a position belongs to rather than *where in the photo*
+# it is, and the less a component shared by the batch can say about the objects inside each photo.
+
+# %% [markdown]
+# ## Section 3: a foreground mask from the first component
+#
+# If one direction of the descriptor space separates objects from backgrounds, it is likely the first
+# principal direction: in photographs of single objects, object against background is the largest
+# difference there is between positions. Thresholding the first projection $p_1$ at zero, the mean of all
+# positions, splits the positions in two. This is the co-localisation method of Wei et al. (2017, Deep
+# Descriptor Transforming), which finds the common object of a set of images with the first principal
+# component of a pre-trained network's features.
+#
+# Which side is the object? A principal direction has no sign, so a rule must choose. `analysis.foreground_mask`
+# offers two: `orient="minority"` takes the smaller side of the batch's positions (an object usually covers
+# less of a photo than its surroundings); `orient="centre"` takes the side that is larger in the middle of the
+# frames. This chapter uses the minority rule, for a reason that Section 6 makes clear.
+#
+# The first principal direction is the largest difference between *any* two groups of positions, and the
+# previous cell showed that much of the variance can lie between whole photos. Then the first component
+# separates photos, not objects: a photo gets an empty mask or a full one. The cell counts those.
+
+# %%
+counts = {}
+for name, maps in MAPS.items():
+    masks = analysis.foreground_mask(maps, method="pca", orient="minority", centre="batch")
+    share = masks.flatten(1).float().mean(dim=1)
+    degenerate = int(((share == 0) | (share == 1)).sum())
+    counts[name] = f"{degenerate} of {len(share)} photos from the {name} network"
+    print(f"{name}, centred on the batch mean: foreground share of each photo: "
+          f"{', '.join(f'{100 * x:.0f}%' for x in share)} ({degenerate} empty or full)")
+glue("degenerate", " and ".join(counts.values()), display=False)
+
+# %% [markdown]
+# With the batch mean subtracted, an empty or full mask goes to {glue:text}`degenerate`. The remedy is to subtract each photo's
+# own mean descriptor before the principal components are computed (`centre="image"`): differences between
+# photos then no longer count, and the first direction is the largest contrast *within* photos, shared by the
+# batch. The masks from here on are computed that way.
+
+# %%
+MASKS = {name: analysis.foreground_mask(maps, method="pca", orient="minority", centre="image")
+         for name, maps in MAPS.items()}
+for name, masks in MASKS.items():
+    share = ", ".join(f"{100 * m.float().mean():.0f}%" for m in masks)
+    print(f"{name}, centred per photo: foreground share of each photo's positions: {share}")
+
+# %% tags=["hide-input"]
+mask_rows = [(f"{name}: PCA mask", [dim_outside(as_image(p), m) for p, m in
+              zip(SHOWN, analysis.upsample(MASKS[name], DISPLAY))], {}) for name in MASKS]
+plot_rows(photo_row + mask_rows, PHOTO_TITLES)
+
+# %% [markdown]
+# The photos with the positions outside each mask darkened. Each mask is a set of whole cells of the
+# {glue:text}`map_size` grid ({glue:text}`cell_pixels` pixels wide in the figure): a ResNet's masks are coarse
+# whatever its weights.
+#
+# ### Think! 2
+#
+# The first principal direction is computed over a *batch*, even with each photo centred on its own mean.
+# What changes if the batch holds photos of a single class (six swans) instead of six different subjects? And
+# what if it holds one photo only?
+#
+# ```{admonition} Answer
+# :class: dropdown
+# With six swans, the largest difference between positions is likely "swan or not swan", and the component
+# becomes a swan detector shared by the batch: that is the co-localisation setting of Deep Descriptor
+# Transforming, where the common object of a set is the target. With six different subjects, the component
+# must capture what objects have in common against backgrounds, which is harder and may instead capture
+# another large contrast (bright against dark, sky against ground, border against middle). With one photo,
+# the component separates the two most different groups of positions of that photo, which often but not
+# always are object and background. In every case the orientation rule decides which side is called
+# "foreground", and a wrong choice inverts the mask.
+# ```
+
+# %% [markdown]
+# ## Section 4: saliency from the feature norms, and the frame
+#
+# A second label-free reading needs no batch and no principal components. After the last ReLU every feature
+# is non-negative, so the L2 norm of a position's descriptor, $\|x_{ij}\|$, measures how strongly the
+# network responds there overall. Scaled to $[0, 1]$ per image, it is a class-agnostic **saliency** map;
+# keeping the positions above its mean gives a second mask. Wei et al. (2017, Selective Convolutional
+# Descriptor Aggregation) used this recipe (with the sum over channels) to find the object in fine-grained
+# retrieval with a supervised network.
+#
+# ### Coding exercise 2: `saliency`
+#
+# Write `saliency(feature_maps)`: $(B, C, h, w) \to (B, h, w)$, the L2 norm over channels, scaled per image
+# so that its smallest value is 0 and its largest 1 (an image whose norms are all equal gets zeros).
+
+# %% tags=["raises-exception"]
+def saliency(feature_maps: torch.Tensor) -> torch.Tensor:
+    """(B, C, h, w) -> (B, h, w): the feature norm at each position, min-max scaled to [0, 1] per image."""
+    #################################################################
+    # Fill in the blanks (...), then remove this line.
+    raise NotImplementedError("Exercise 2: feature-norm saliency")
+    #################################################################
+    norm = ...                   # (B, h, w): L2 norm over the channels
+    low = ...                    # (B, 1, 1): each image's smallest norm
+    high = ...                   # (B, 1, 1): each image's largest norm
+    return ...                   # guard the division for constant images
+
+
+print(tuple(saliency(MAPS["random"]).shape))
+
+# %% tags=["hide-cell"]
+# Solution to exercise 2
+def saliency(feature_maps: torch.Tensor) -> torch.Tensor:
+    """(B, C, h, w) -> (B, h, w): the feature norm at each position, min-max scaled to [0, 1] per image."""
+    norm = feature_maps.norm(dim=1)
+    low = norm.amin(dim=(1, 2), keepdim=True)
+    high = norm.amax(dim=(1, 2), keepdim=True)
+    return (norm - low) / (high - low).clamp_min(1e-12)
+
+
+print(tuple(saliency(MAPS["random"]).shape))
+
+
+# %%
+def check_saliency(saliency_fn):
+    """Equal to dino_tutorial.analysis.saliency on the photos and on a constant map."""
+    for name, maps in MAPS.items():
+        yours, reference = saliency_fn(maps), analysis.saliency(maps)
+        assert yours.shape == reference.shape, f"expected shape {tuple(reference.shape)}, got {tuple(yours.shape)}"
+        assert torch.allclose(yours, reference, atol=1e-5), f"{name}: your saliency differs from the package's"
+    constant = saliency_fn(torch.ones(1, 4, 3, 3))
+    assert torch.equal(constant, torch.zeros(1, 3, 3)), f"a constant map should give zeros, got {constant.flatten()}"
+    print("Correct: your saliency matches dino_tutorial.analysis.saliency")
+
+
+check_saliency(saliency)
+
+# %% tags=["hide-input"]
+NORM_MASKS = {name: analysis.foreground_mask(maps, method="norm") for name, maps in MAPS.items()}
+saliency_rows = []
+for name, maps in MAPS.items():
+    heat = analysis.upsample(analysis.saliency(maps), DISPLAY)
+    big_masks = analysis.upsample(NORM_MASKS[name], DISPLAY)
+    saliency_rows.append((f"{name}: saliency", list(heat), {"cmap": "inferno", "vmin": 0, "vmax": 1}))
+    saliency_rows.append((f"{name}: norm mask", [dim_outside(as_image(p), m) for p, m in zip(SHOWN, big_masks)], {}))
+plot_rows(photo_row + saliency_rows, PHOTO_TITLES)
+
+# %% [markdown]
+# The saliency maps (bright: large feature norm) and the masks that keep the positions above each image's
+# mean saliency. Both networks' saliency tends to be brighter towards the middle of the frame and darker at
+# its edges. Is that the networks finding objects in the middle of photos, or something else? A photo cannot tell, because photographers centre their subjects. An
+# image with no subject can: the next cell feeds each network images of pure noise, identical in
+# distribution at every place, and averages their feature norms per position.
+
+# %%
+set_seed(0)
+noise = torch.randn(32, 3, IMAGE_SIZE, IMAGE_SIZE)
+ring = torch.ones(h, w, dtype=torch.bool)
+ring[1:-1, 1:-1] = False                                       # the outermost positions of the map
+CENTRE_BOX = torch.zeros(h, w, dtype=torch.bool)
+CENTRE_BOX[h // 4:h - h // 4, w // 4:w - w // 4] = True        # the central half of each axis
+NOISE_NORMS = {}
+for name, net in DENSE.items():
+    NOISE_NORMS[name] = analysis.feature_map(net, noise.to(DEVICE)).cpu().norm(dim=1).mean(dim=0)   # (h, w)
+    ratio = (NOISE_NORMS[name][CENTRE_BOX].mean() / NOISE_NORMS[name][ring].mean()).item()
+    glue(f"noise_ratio_{name}", f"{ratio:.2f}", display=False)
+    print(f"{name}: on noise, the mean feature norm of the central positions is {ratio:.2f} times "
+          f"that of the border positions")
+
+fig, axes = plt.subplots(1, len(NOISE_NORMS), figsize=(3.9 * len(NOISE_NORMS), 2.9), squeeze=False)
+for ax, (name, norms) in zip(axes[0], NOISE_NORMS.items()):
+    image = ax.imshow(norms, cmap="inferno")
+    fig.colorbar(image, ax=ax, label="mean feature norm")
+    ax.set(title=f"{name}: 32 noise images", xlabel="position (column)", ylabel="position (row)")
+fig.tight_layout()
+plt.show()
+
+# %% [markdown]
+# On noise, where nothing distinguishes one place from another, the random network's central positions
+# respond {glue:text}`noise_ratio_random` times as strongly as its border positions. Some of the saliency's
+# preference for the middle is a property of the network's *frame*, not of the photos.
+#
+# ### Think! 3
+#
+# Where does the frame come from? Every convolution applies the same weights at every position, so a
+# convolutional network should treat all positions alike.
+#
+# ```{admonition} Answer
+# :class: dropdown
+# Except at the edges. Each convolution pads its input with zeros, so a position near the border sums over
+# fewer real inputs than one in the middle. After one layer the difference is one pixel wide; after the
+# dozens of layers of a ResNet, whose last positions see a region far larger than the image (several hundred
+# pixels), every position of the last map sees some padding, and the central ones see the least. With
+# non-negative activations after each ReLU, fewer real inputs mean smaller activations, so the norm falls off
+# towards the border. The network thereby knows where it is in the frame: Islam et al. (2020) and Kayhan and
+# van Gemert (2020) show that convolutional networks use padding to encode absolute position. Training can
+# use or suppress this signal, but it is there at initialisation, and any method that rewards "central"
+# masks rewards it too.
+# ```
+
+# %% [markdown]
+# ## Section 5: nearest neighbours
+#
+# The next sections need a labelled set: Imagenette, the training images as a memory bank and the
+# validation images as queries (chapter 05), at {glue:text}`image_size` pixels. Each network turns every image
+# into its dense feature map once; the rest of the chapter only pools and compares those maps.
+
+# %%
+BANK_PER_CLASS, QUERY_PER_CLASS = (None, None) if DEVICE.type == "cuda" else (100, None)
+
+
+def load_split(split: str, per_class):
+    dataset = imagenette(split, transform=eval_transform(IMAGE_SIZE), per_class=per_class)
+    images = torch.stack([dataset[i][0] for i in range(len(dataset))])
+    dataset.transform = eval_transform(DISPLAY_SIZE)           # for drawing a few of them later
+    return images, torch.tensor(dataset.targets), dataset
+
+
+def feature_maps_of(net, images, batch_size=100):
+    return torch.cat([analysis.feature_map(net, images[i:i + batch_size].to(DEVICE)).cpu()
+                      for i in range(0, len(images), batch_size)])
+
+
+bank_images, bank_labels, bank_dataset = load_split("train", BANK_PER_CLASS)
+query_images, query_labels, query_dataset = load_split("val", QUERY_PER_CLASS)
+BANK = {name: feature_maps_of(net, bank_images) for name, net in DENSE.items()}
+QUERIES = {name: feature_maps_of(net, query_images) for name, net in DENSE.items()}
+print(f"memory bank: {len(bank_labels)} training images, queries: {len(query_labels)} validation images; "
+      f"feature maps {tuple(BANK['random'].shape[1:])} each")
+
+# %% [markdown]
+# For each query, the figure shows its five nearest training images by cosine similarity of the pooled
+# features (the mean of the dense map, close to the whole-image feature of chapter 05), with each image's PCA
+# mask drawn on it: the principal direction is computed over all bank and query positions of that network
+# together, each image centred on its own mean. A neighbour
+# is framed green when its class matches the query's. The question is not only *whether* the neighbours
+# match, but *what* they share with the query: the object, the background, or the layout.
+
+# %% tags=["hide-input"]
+ALL_MASKS = {}   # PCA masks of every bank and query image, one principal direction per network
+for name in NETWORKS:
+    masks = analysis.foreground_mask(torch.cat([BANK[name], QUERIES[name]]), method="pca", orient="minority",
+                                     centre="image")
+    ALL_MASKS[name] = (masks[:len(bank_labels)], masks[len(bank_labels):])
+
+
+def nearest(name, k=5):
+    """(similarities, indices), both (queries, k), of the k nearest bank images by cosine similarity."""
+    bank = F.normalize(BANK[name].mean(dim=(2, 3)), dim=1)
+    queries = F.normalize(QUERIES[name].mean(dim=(2, 3)), dim=1)
+    return (queries @ bank.T).topk(k, dim=1)
+
+
+def show_neighbours(name, query_ids, k=5):
+    similarity, index = nearest(name, k)
+    bank_masks, query_masks = (analysis.upsample(m, DISPLAY) for m in ALL_MASKS[name])
+    fig, axes = plt.subplots(len(query_ids), k + 1, figsize=(1.6 * (k + 1), 1.75 * len(query_ids)))
+    for row, q in enumerate(query_ids):
+        axes[row, 0].imshow(dim_outside(as_image(query_dataset[q][0]), query_masks[q]))
+        axes[row, 0].set_title(f"query: {CLASS_NAMES[query_labels[q]]}", fontweight="bold")
+        for col in range(k):
+            i = index[q, col].item()
+            same = bank_labels[i] == query_labels[q]
+            colour = "tab:green" if same else "tab:red"
+            ax = axes[row, col + 1]
+            ax.imshow(dim_outside(as_image(bank_dataset[i][0]), bank_masks[i]))
+            ax.set_title(f"{CLASS_NAMES[bank_labels[i]]}, s = {similarity[q, col]:.3f}", fontsize=7, color=colour)
+            plt.setp(list(ax.spines.values()), color=colour, lw=3)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(f"{name} network: five nearest training images, PCA masks drawn", fontsize=10)
+    fig.tight_layout()
+    plt.show()
+
+
+# one query from each of four classes: English springer, church, gas pump, parachute
+QUERY_IDS = [int((query_labels == c).nonzero()[2]) for c in (1, 4, 7, 9)]
+for name in NETWORKS:
+    show_neighbours(name, QUERY_IDS)
+
+# %%
+for name in NETWORKS:
+    similarity, index = nearest(name)
+    agreement = 100 * (bank_labels[index] == query_labels[:, None]).float().mean().item()
+    glue(f"agreement_{name}", f"{agreement:.1f}", display=False)
+    print(f"{name}: {agreement:.1f}% of the five nearest training images share the query's class "
+          f"(chance: {100 / len(CLASS_NAMES):.0f}%)")
+
+# %% [markdown]
+# Over all {glue:text}`n_queries` queries, {glue:text}`agreement_random`% of the random network's five
+# nearest neighbours share the query's class. Its neighbours share colour, brightness and composition: a
+# sky-filled frame finds other sky-filled frames, whether they hold a church or a parachute.
+# {glue:text}`trained_agreement_sentence`
+
+# %% tags=["remove-cell"]
+glue("n_queries", len(query_labels), display=False)
+if "DINO" in NETWORKS:
+    sentence = ("The DINO-trained network's neighbours share the query's class in "
+                f"{100 * (bank_labels[nearest('DINO')[1]] == query_labels[:, None]).float().mean():.1f}% of cases.")
+else:
+    sentence = "(The DINO-trained network's neighbours appear here when its backbone file is present.)"
+glue("trained_agreement_sentence", sentence, display=False)
+
+# %% [markdown]
+# ## Section 6: a number for the masks
+#
+# A mask is scored by comparing it with a ground-truth segmentation: the paper reports the Jaccard index
+# (intersection over union, `analysis.mask_iou`) of masks from its attention maps against PASCAL VOC
+# segmentations (Section 4.2). The data here has class labels but no segmentations, so any score must be a
+# proxy, and a proxy is only worth what it cannot be fooled by. Two candidates:
+#
+# 1. **How central is the mask?** Photographers centre their subjects, so a good mask should lie mostly in
+#    the middle of the frame. Section 4 showed why this can mislead: a network's maps favour the middle of the
+#    frame for reasons that have nothing to do with objects, so a central mask is no evidence of an object.
+# 2. **Does the mask hold the class?** If a mask covers the object, the feature pooled *inside* it
+#    (`analysis.masked_mean`) should be more typical of the image's class than the feature pooled *outside*
+#    it. The labels score this without segmentations: pool every bank and query image inside its own mask
+#    and run the weighted k-NN classifier of chapter 05 ($k = 20$, $T = 0.07$) on those features. Then do the
+#    same outside the masks, and, as the control that the frame could fool, over the same number of
+#    positions taken from the **centre** of each image (the positions closest to the middle), and over the
+#    same number taken at **random**.
+#
+# Neither is an IoU, and the second measures where the class evidence is, which includes context (water
+# around a tench, sky around a parachute). What it cannot do is reward a mask for being central: the central
+# control gets that reward too. (This is also why the masks are oriented by the minority rule: a mask
+# oriented towards the middle of the frame would have the centre built in before it is scored against it.)
+
+# %%
+centre_share = CENTRE_BOX.float().mean().item()
+print(f"the central region holds {100 * centre_share:.0f}% of the {h} x {w} positions")
+for name in NETWORKS:
+    masks = torch.cat(ALL_MASKS[name])
+    inside = (masks & CENTRE_BOX).sum().item() / masks.sum().item()
+    glue(f"centre_fraction_{name}", f"{100 * inside:.0f}", display=False)
+    print(f"{name}: the PCA masks cover {100 * masks.float().mean():.0f}% of the positions, and "
+          f"{100 * inside:.0f}% of their positions lie in the central region")
+glue("centre_share", f"{100 * centre_share:.0f}", display=False)
+glue("centre_fraction_trained", "" if "DINO" not in NETWORKS else "and the DINO network's "
+     f"{100 * (torch.cat(ALL_MASKS['DINO']) & CENTRE_BOX).sum().item() / torch.cat(ALL_MASKS['DINO']).sum().item():.0f}%",
+     display=False)
+
+# %% [markdown]
+# A mask that ignored the image would put {glue:text}`centre_share`% of its positions in the central region;
+# the random network's masks put {glue:text}`centre_fraction_random`% there {glue:text}`centre_fraction_trained`.
+# A share above the blind one could come from the objects, from the photographers, or from the frame; the
+# first proxy cannot tell them apart, and a network can score on it without finding anything. The second proxy can be
+# computed with the labels:
+
+# %%
+def same_count_masks(masks: torch.Tensor, where: str, seed: int = 0) -> torch.Tensor:
+    """Masks with as many positions as `masks`, taken closest to the centre ("centre") or at random."""
+    B, h, w = masks.shape
+    counts = masks.flatten(1).sum(dim=1)
+    if where == "centre":
+        rows, cols = torch.meshgrid(torch.arange(h) - (h - 1) / 2, torch.arange(w) - (w - 1) / 2, indexing="ij")
+        distance = (rows ** 2 + cols ** 2).flatten() + 1e-3 * torch.arange(h * w)   # ties broken by index
+        order = distance.argsort().expand(B, -1)
+    else:
+        generator = torch.Generator().manual_seed(seed)
+        order = torch.stack([torch.randperm(h * w, generator=generator) for _ in range(B)])
+    rank = torch.empty(B, h * w, dtype=torch.long).scatter_(1, order, torch.arange(h * w).expand(B, -1))
+    return (rank < counts[:, None]).reshape(B, h, w)
+
+
+def masked_knn(name, regions):
+    """k-NN top-1 (%) with every bank and query image pooled over its own region (B, h, w) bool."""
+    bank_regions, query_regions = regions[:len(bank_labels)], regions[len(bank_labels):]
+    bank = analysis.masked_mean(BANK[name], bank_regions)
+    queries = analysis.masked_mean(QUERIES[name], query_regions)
+    return knn_classify(bank, bank_labels, queries, query_labels, k=20, T=0.07, num_classes=len(CLASS_NAMES))[0]
+
+
+SCORES, IOU_WITH_CENTRE = {}, {}
+for name in NETWORKS:
+    pca_masks = torch.cat(ALL_MASKS[name])
+    norm_masks = analysis.foreground_mask(torch.cat([BANK[name], QUERIES[name]]), method="norm")
+    regions = {
+        "whole image": torch.ones_like(pca_masks),
+        "inside the PCA mask": pca_masks,
+        "outside the PCA mask": ~pca_masks,
+        "centre, as many positions": same_count_masks(pca_masks, "centre"),
+        "random, as many positions": same_count_masks(pca_masks, "random"),
+        "inside the norm mask": norm_masks,
+        "outside the norm mask": ~norm_masks,
+        "centre, as many as the norm mask": same_count_masks(norm_masks, "centre"),
+    }
+    SCORES[name] = {region: masked_knn(name, r) for region, r in regions.items()}
+    IOU_WITH_CENTRE[name] = analysis.mask_iou(pca_masks, regions["centre, as many positions"]).mean().item()
+
+print(f"{'k-NN top-1 (%), pooled over':<34}" + "".join(f"{name:>10}" for name in NETWORKS))
+for region in SCORES["random"]:
+    print(f"{region:<34}" + "".join(f"{SCORES[name][region]:10.1f}" for name in NETWORKS))
+print(f"{'mean IoU, PCA mask with the centre':<34}" + "".join(f"{IOU_WITH_CENTRE[name]:10.2f}" for name in NETWORKS))
+
+# %% tags=["remove-cell"]
+for name, scores in SCORES.items():
+    glue(f"whole_{name}", f"{scores['whole image']:.1f}", display=False)
+    glue(f"inside_{name}", f"{scores['inside the PCA mask']:.1f}", display=False)
+    glue(f"outside_{name}", f"{scores['outside the PCA mask']:.1f}", display=False)
+    glue(f"centre_{name}", f"{scores['centre, as many positions']:.1f}", display=False)
+    glue(f"iou_centre_{name}", f"{IOU_WITH_CENTRE[name]:.2f}", display=False)
+    glue(f"inside_vs_centre_{name}", compare(scores["inside the PCA mask"], scores["centre, as many positions"]),
+         display=False)
+    glue(f"norm_vs_centre_{name}", compare(scores["inside the norm mask"], scores["centre, as many as the norm mask"]),
+         display=False)
+glue("point", f"{100 / len(query_labels):.1f}", display=False)
+NOISE_POINTS = 2.0   # differences smaller than this are within the noise of this many queries
+
+
+def verdict(scores) -> str:
+    """Whether either mask holds more of the class than its central control, in words."""
+    gains = [scores["inside the PCA mask"] - scores["centre, as many positions"],
+             scores["inside the norm mask"] - scores["centre, as many as the norm mask"]]
+    if max(gains) >= NOISE_POINTS:
+        return "at least one of its masks holds more of the class than the middle of the frame does"
+    return "neither of its masks holds more of the class than the middle of the frame does"
+
+
+glue("noise_points", f"{NOISE_POINTS:.0f}", display=False)
+glue("verdict_random", verdict(SCORES["random"]), display=False)
+if "DINO" in NETWORKS:
+    s = SCORES["DINO"]
+    sentence = (f"For the DINO-trained network, the whole image scores {s['whole image']:.1f}%; inside its PCA "
+                f"mask {s['inside the PCA mask']:.1f}%, outside it {s['outside the PCA mask']:.1f}%, and its central "
+                f"control {s['centre, as many positions']:.1f}%; its norm mask "
+                f"{compare(s['inside the norm mask'], s['centre, as many as the norm mask'])} its own central "
+                f"control. By this test, {verdict(s)}. (For scale: its whole-image feature scores "
+                f"{compare(s['whole image'], SCORES['random']['whole image'])} the random network's.)")
+else:
+    sentence = ("The same numbers for the DINO-trained network appear here when its backbone file is present; "
+                "they are the test of whether training moved the masks onto the objects.")
+glue("trained_mask_sentence", sentence, display=False)
+
+# %% [markdown]
+# How to read the table: each row pools every image's feature map over one region, for the bank and the
+# queries alike, and classifies the queries by k-NN. One query is worth {glue:text}`point` points; with
+# accuracies near 25%, differences under {glue:text}`noise_points` points are within the noise.
+#
+# - The whole image is the reference ({glue:text}`whole_random`% for the random network).
+# - For the random network, the inside of its PCA mask scores {glue:text}`inside_random`%, the outside
+#   {glue:text}`outside_random`%, and the central positions {glue:text}`centre_random`%: the mask is
+#   {glue:text}`inside_vs_centre_random` the central control. Its norm mask is
+#   {glue:text}`norm_vs_centre_random` its own central control. By this test, {glue:text}`verdict_random`.
+# - The last row uses `analysis.mask_iou` to say how much each PCA mask *is* the central control: a mean
+#   Jaccard index of {glue:text}`iou_centre_random` for the random network (1 would be the same positions,
+#   0 none in common).
+#
+# {glue:text}`trained_mask_sentence`
+#
+# Keep the scale of this experiment in mind. The paper's observation was made with ViTs trained for hundreds
+# of epochs on ImageNet; the `small` network was trained on a CPU, on Imagenette at
+# {glue:text}`small_global_size` pixels, and its features are only a little better than random ones. Masks
+# that do not find objects are the expected result at this scale, not a verdict on DINO: Section 7 draws the
+# same maps for the authors' ResNet-50.
+#
+# ### Think! 4
+#
+# A skeptic says: "the mask scores above its central control, so it segments the object". What else could
+# make a region hold more class evidence than the centre, and what data would settle the question?
+#
+# ```{admonition} Answer
+# :class: dropdown
+# The region might cover the *context* that identifies the class rather than the object: water for a tench,
+# sky around a parachute, asphalt under a garbage truck. Imagenette's classes come with distinctive
+# backgrounds, so context alone classifies well (compare the "outside" rows with chance, 10%). The test
+# shows where the class evidence sits, not where the object's boundary is. Settling it needs segmentations:
+# either a dataset that has them (PASCAL VOC for images and DAVIS for video, as in the paper's Section 4.2), or
+# boxes drawn by hand on a few photos, published with the chapter so that anyone can check them.
+# ```
+
+# %% [markdown]
+# ## Section 7: the authors' DINO ResNet-50
+#
+# The authors released the ResNet-50 they trained with DINO on ImageNet for 800 epochs (75.3% linear top-1,
+# Table 2). When this chapter runs online, the next cell loads it through `torch.hub` and draws the same
+# figures for it and for a random ResNet-50. It was trained at 224 pixels, so that is the size it is shown,
+# with `densify` at output stride 16 for a 14 × 14 map. Offline, the cell says so in one line and the chapter
+# goes on.
+
+# %% tags=["nbval-ignore-output"]
+def load_authors_resnet50():
+    """The authors' DINO ResNet-50 backbone (fc = identity) from torch.hub, or None when it cannot be loaded."""
+    try:
+        return torch.hub.load("facebookresearch/dino:main", "dino_resnet50", trust_repo=True, verbose=False)
+    except Exception:  # offline, or the hub is unreachable
+        return None
+
+
+authors_resnet50 = load_authors_resnet50()
+if authors_resnet50 is None:
+    print("Skipped: the authors' DINO ResNet-50 could not be loaded through torch.hub (offline?).")
+else:
+    set_seed(0)
+    random_resnet50, _ = build_backbone("resnet50")
+    big = {"DINO ResNet-50": authors_resnet50, "random ResNet-50": random_resnet50}
+    rows = [("photo", [as_image(p) for p in SHOWN], {})]
+    for name, net in big.items():
+        maps = analysis.feature_map(analysis.densify(net.eval(), 16).to(DEVICE), SHOWN.to(DEVICE)).cpu()
+        masks = analysis.upsample(analysis.foreground_mask(maps, centre="image"), DISPLAY)
+        rows += [(f"{name}\nPCA colours", list(analysis.upsample(analysis.pca_rgb(maps), DISPLAY)), {}),
+                 (f"{name}\nPCA mask", [dim_outside(as_image(p), m) for p, m in zip(SHOWN, masks)], {}),
+                 (f"{name}\nsaliency", list(analysis.upsample(analysis.saliency(maps), DISPLAY)),
+                  {"cmap": "inferno", "vmin": 0, "vmax": 1})]
+    plot_rows(rows, PHOTO_TITLES)
+
+# %% [markdown]
+# When the figure is there, read it row against row rather than against an ideal. Even the random
+# ResNet-50 draws outlines: its early layers respond to local contrast, so edges and bright regions
+# raise the feature norm wherever they are. What training should add is *grouping*: one colour for the whole
+# animal and another for its background, in every photo, and a mask that covers the object rather than its
+# edges or the middle of the frame.
+
+# %% [markdown]
+# ## Section 8: what a ResNet shows less clearly than a ViT
+#
+# Even a well-trained ResNet gives coarser and murkier answers to the question of this chapter than a DINO
+# ViT does, for reasons that are built into the architecture:
+#
+# - **Resolution.** The last map of a ResNet has one position per 32 pixels (7 × 7 at 224 pixels); a ViT-S/8
+#   has one token per 8 pixels (28 × 28), and its masks follow contours that a ResNet's blocks cannot. A
+#   larger image changes the scale the network sees; `densify` samples the map as densely as the ViT's, but
+#   each of its positions still summarises a wide, blurred neighbourhood, so neighbouring positions differ
+#   little and boundaries stay soft.
+# - **No query.** The ViT's map is the attention of one token, the `[CLS]` token whose output is the image
+#   feature, over all patches: it says which patches that feature is made of. A ResNet's image feature is a
+#   plain average of all positions, so every position counts equally, and "where the network looks" must be
+#   inferred indirectly, through principal components or norms, as here.
+# - **No heads.** The ViT has several attention heads per layer, and the paper's Figure 3 shows them
+#   specialising in different parts of the object. A ResNet offers no such decomposition.
+# - **A frame.** Zero padding gives every convolutional map a border-to-centre gradient (Section 4) that
+#   mixes with whatever the features say about objects. A ViT tells positions apart only through its
+#   position embeddings, which DINO learns along with everything else.
+#
+# The paper's own summary is that the segmentation property "does not emerge as clearly" with convnets: not
+# that a ResNet learns nothing about objects, but that one must look harder, and check against the frame,
+# to see it.
+
+# %% [markdown]
+# ## Summary
+#
+# - A ResNet's last convolutional feature map, $(C, h, w)$ with one position per 32 pixels, is what it
+#   offers in place of the attention maps of the paper's Figures 1 and 3; its spatial mean is the feature
+#   that k-NN and the DINO head use. Dilating instead of striding (`densify`) makes it denser without
+#   retraining and without changing the scale the network sees.
+# - Principal components of all positions of a batch, shown as colours, reveal what the network describes
+#   alike; the first component thresholded at zero gives a label-free foreground mask (Deep Descriptor
+#   Transforming), and the feature norms give a saliency map (SCDA).
+# - Zero padding gives every convolutional network a frame: on pure noise, the random network's central
+#   positions respond {glue:text}`noise_ratio_random` times as strongly as its border positions. Any test
+#   that rewards central masks rewards the frame.
+# - Without segmentations, a fair proxy asks whether the class evidence lies inside the mask, against a
+#   control of central positions of the same number; for the random network the PCA mask is
+#   {glue:text}`inside_vs_centre_random` that control. {glue:text}`trained_mask_sentence`
+#
+# **Next.** {doc}`08_full_training` trains the ResNet-50 of the paper on ImageNet, the network whose maps
+# Section 7 shows when it runs online.
+#
+# **Further reading.**
+# - Caron et al. 2021, *Emerging Properties in Self-Supervised Vision Transformers* (arXiv 2104.14294):
+#   Figures 1 and 3 (attention maps), Section 4.2 (properties of the features: retrieval, copy detection,
+#   segmentation masks, video segmentation).
+# - Wei, Zhang, Li, Shen, Wu and Zhou 2017, *Deep Descriptor Transforming for Image Co-Localization* (IJCAI):
+#   the first principal component of convolutional descriptors as an object detector.
+# - Wei, Luo, Wu and Zhou 2017, *Selective Convolutional Descriptor Aggregation for Fine-Grained Image
+#   Retrieval* (IEEE Transactions on Image Processing): the summed activation map thresholded at its mean.
+# - Islam, Jia and Bruce 2020, *How Much Position Information Do Convolutional Neural Networks Encode?* (ICLR),
+#   and Kayhan and van Gemert 2020, *On Translation Invariance in CNNs* (CVPR): padding tells a convolutional
+#   network where it is.
+# - Chen, Papandreou, Kokkinos, Murphy and Yuille 2017, *DeepLab* (IEEE TPAMI): atrous (dilated) convolution
+#   for dense feature maps from a classification network; Zhang 2019, *Making Convolutional Networks
+#   Shift-Invariant Again* (ICML), on what striding does to shifts.
+# - Oquab et al. 2023, *DINOv2: Learning Robust Visual Features without Supervision* (arXiv 2304.07193),
+#   Figure 1: principal components of patch features as colours, with a foreground found by thresholding the
+#   first.
+# - Siméoni et al. 2021, *Localizing Objects with Self-Supervised Transformers and no Labels* (LOST, BMVC):
+#   object boxes from DINO ViT features, the step from "the maps look right" to a measured localisation.
