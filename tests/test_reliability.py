@@ -108,7 +108,7 @@ def test_kill_resume_script_survives_sigkill_during_training_and_checkpoint_writ
     import sys
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
     import kill_resume
-    assert kill_resume.main(["--kills", "2", "--epochs", "2", "--max-delay", "2"]) == 0
+    assert kill_resume.main(["--kills", "2", "--epochs", "6", "--max-delay", "1"]) == 0
 
 
 def test_crops_larger_than_the_images_fail_before_any_work(tiny_folder, tmp_path):
