@@ -78,7 +78,26 @@ def normalize() -> Callable:
     return T.Compose([T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
 
 
-class MultiCropAugmentation:
+class MultiCropSettings:
+    """The validated settings every multi-crop implementation shares (the crops' count, sizes and scales)."""
+
+    def __init__(self, global_crops_scale: Sequence[float], local_crops_scale: Sequence[float],
+                 local_crops_number: int, global_size: int, local_size: int):
+        if local_crops_number < 0:
+            raise ValueError(f"local_crops_number must be >= 0, got {local_crops_number}")
+        if global_size < 1 or local_size < 1:
+            raise ValueError(f"crop sizes must be >= 1 pixel, got global_size={global_size}, local_size={local_size}")
+        self.global_crops_scale = _check_scale("global_crops_scale", global_crops_scale)
+        self.local_crops_scale = _check_scale("local_crops_scale", local_crops_scale)
+        self.local_crops_number = local_crops_number
+        self.global_size, self.local_size = global_size, local_size
+
+    @property
+    def n_crops(self) -> int:
+        return 2 + self.local_crops_number
+
+
+class MultiCropAugmentation(MultiCropSettings):
     """The DINO multi-crop recipe: PIL image -> list of ``2 + local_crops_number`` tensors.
 
     The list is ordered [global 1, global 2, local 1, ..., local N]; global views are
@@ -93,14 +112,7 @@ class MultiCropAugmentation:
         global_size: int = 224,
         local_size: int = 96,
     ):
-        if local_crops_number < 0:
-            raise ValueError(f"local_crops_number must be >= 0, got {local_crops_number}")
-        if global_size < 1 or local_size < 1:
-            raise ValueError(f"crop sizes must be >= 1 pixel, got global_size={global_size}, local_size={local_size}")
-        self.global_crops_scale = _check_scale("global_crops_scale", global_crops_scale)
-        self.local_crops_scale = _check_scale("local_crops_scale", local_crops_scale)
-        self.local_crops_number = local_crops_number
-        self.global_size, self.local_size = global_size, local_size
+        super().__init__(global_crops_scale, local_crops_scale, local_crops_number, global_size, local_size)
 
         bicubic = T.InterpolationMode.BICUBIC
         flip_and_color_jitter = T.Compose([
@@ -127,10 +139,6 @@ class MultiCropAugmentation:
             RandomGaussianBlur(p=0.5),
             normalize(),
         ])
-
-    @property
-    def n_crops(self) -> int:
-        return 2 + self.local_crops_number
 
     def __call__(self, image: Image.Image) -> List[torch.Tensor]:
         crops = [self.global_transform_1(image), self.global_transform_2(image)]

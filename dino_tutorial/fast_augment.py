@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .augment import IMAGENET_MEAN, IMAGENET_STD, _check_scale
+from .augment import IMAGENET_MEAN, IMAGENET_STD, MultiCropSettings
 from .data import BadImageError
 
 ImageInput = Union[str, "os.PathLike[str]", Image.Image]
@@ -262,7 +262,7 @@ def _draft(img: Image.Image, reduction: int) -> float:
     return full_width / result[1][2]
 
 
-class FastMultiCropAugmentation:
+class FastMultiCropAugmentation(MultiCropSettings):
     """The DINO multi-crop recipe on a file path or PIL image -> list of ``2 + N`` uint8 tensors (3, H, W).
 
     Same constructor, same views and same order as ``MultiCropAugmentation`` ([global 1, global 2, local 1,
@@ -279,22 +279,11 @@ class FastMultiCropAugmentation:
         global_size: int = 224,
         local_size: int = 96,
     ):
-        if local_crops_number < 0:
-            raise ValueError(f"local_crops_number must be >= 0, got {local_crops_number}")
-        if global_size < 1 or local_size < 1:
-            raise ValueError(f"crop sizes must be >= 1 pixel, got global_size={global_size}, local_size={local_size}")
-        self.global_crops_scale = _check_scale("global_crops_scale", global_crops_scale)
-        self.local_crops_scale = _check_scale("local_crops_scale", local_crops_scale)
-        self.local_crops_number = local_crops_number
-        self.global_size, self.local_size = global_size, local_size
+        super().__init__(global_crops_scale, local_crops_scale, local_crops_number, global_size, local_size)
         self.specs: List[ViewSpec] = [
             ViewSpec(global_size, self.global_crops_scale, blur_p=1.0, solarize_p=0.0),
             ViewSpec(global_size, self.global_crops_scale, blur_p=0.1, solarize_p=0.2),
         ] + [ViewSpec(local_size, self.local_crops_scale, blur_p=0.5, solarize_p=0.0)] * local_crops_number
-
-    @property
-    def n_crops(self) -> int:
-        return 2 + self.local_crops_number
 
     def sample(self, width: int, height: int) -> List[ViewParams]:
         """The random parameters of every view for an image of ``width`` x ``height`` pixels."""
