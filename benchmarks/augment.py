@@ -18,7 +18,6 @@ interleaved round by round and the best round is kept. A second table times each
 from __future__ import annotations
 
 import argparse
-import os
 import platform
 import random
 import sys
@@ -37,22 +36,14 @@ from torchvision import transforms as T  # noqa: E402
 from torchvision.transforms import functional as TF  # noqa: E402
 
 from dino_tutorial import fast_augment as fa  # noqa: E402
+import common  # noqa: E402
 from dino_tutorial.augment import IMAGENET_MEAN, IMAGENET_STD, MultiCropAugmentation  # noqa: E402
 from dino_tutorial.data import IMAGE_EXTENSIONS, load_rgb, resolve_data_root  # noqa: E402
 
 
 def machine() -> str:
-    """CPU model, cores, load, library versions: the line every benchmark table starts with."""
-    model = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    load = ", load average %.1f" % os.getloadavg()[0] if hasattr(os, "getloadavg") else ""
-    return (f"{model}, {os.cpu_count()} cores{load}; torch {torch.__version__} ({torch.get_num_threads()} thread), "
+    """The shared machine line plus the image libraries this benchmark depends on."""
+    return (f"{common.machine()}, "
             f"torchvision {torchvision.__version__}, Pillow {PIL.__version__} "
             f"(libjpeg-turbo {'yes' if features.check_feature('libjpeg_turbo') else 'no'}), "
             f"Python {platform.python_version()}")

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -28,47 +26,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from common import machine, memory_mib, reset_peak_rss  # noqa: E402
 from dino_tutorial.knn import knn_classify  # noqa: E402
 
 CPU_SCALES = ["10000x1000", "30000x3000", "100000x10000"]
 CUDA_SCALES = CPU_SCALES + ["300000x10000", "1281167x50000"]
-
-
-def machine(device: torch.device) -> str:
-    model = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    text = f"{model}, {os.cpu_count()} cores"
-    if hasattr(os, "getloadavg"):
-        text += f", load average {os.getloadavg()[0]:.1f}"
-    text += f"; torch {torch.__version__}, {torch.get_num_threads()} thread(s)"
-    if device.type == "cuda":
-        text += f"; GPU {torch.cuda.get_device_name(device)}"
-    return text
-
-
-def rss_mib() -> Dict[str, float]:
-    values = {}
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(("VmRSS", "VmHWM")):
-                key, value = line.split(":")
-                values[key] = int(value.split()[0]) / 1024
-    except OSError:
-        pass
-    return values
-
-
-def reset_peak_rss() -> None:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
 
 
 def parse_scale(text: str) -> Tuple[int, int]:
@@ -89,7 +51,7 @@ def measure(n_train: int, n_queries: int, dim: int, classes: int, device: torch.
         before = torch.cuda.memory_allocated(device)
     else:
         reset_peak_rss()
-        before = rss_mib().get("VmRSS", float("nan"))
+        before = memory_mib().get("VmRSS", float("nan"))
     wall, cpu = time.perf_counter(), time.process_time()
     knn_classify(train, train_labels, queries, query_labels, k=k, T=0.07, num_classes=classes)
     if device.type == "cuda":
@@ -98,7 +60,7 @@ def measure(n_train: int, n_queries: int, dim: int, classes: int, device: torch.
     if device.type == "cuda":
         extra = (torch.cuda.max_memory_allocated(device) - before) / 2 ** 20
     else:
-        extra = rss_mib().get("VmHWM", float("nan")) - before
+        extra = memory_mib().get("VmHWM", float("nan")) - before
     bank = (train.numel() + queries.numel()) * 4 / 2 ** 20
     del train, queries
     return {"wall": wall, "cpu": cpu, "extra": extra, "bank": bank,

@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import os
-import platform
 import sys
 import time
 from dataclasses import dataclass
@@ -39,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
+from common import machine, memory_mib, reset_peak_rss  # noqa: E402
 from dino_tutorial.fast_augment import normalize_uint8  # noqa: E402
 from dino_tutorial.loss import DINOLoss  # noqa: E402
 from dino_tutorial.model import DINOHead, MultiCropWrapper, build_backbone  # noqa: E402
@@ -46,24 +45,6 @@ from dino_tutorial.optim import build_optimizer, clip_gradients  # noqa: E402
 from dino_tutorial.teacher import ema_update, make_teacher  # noqa: E402
 
 IMAGENET_TRAIN_IMAGES = 1_281_167
-
-
-def machine(device: torch.device) -> str:
-    model = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    text = f"{model}, {os.cpu_count()} cores"
-    if hasattr(os, "getloadavg"):
-        text += f", load average {os.getloadavg()[0]:.1f}"
-    text += f"; torch {torch.__version__}, {torch.get_num_threads()} thread(s)"
-    if device.type == "cuda":
-        text += f"; GPU {torch.cuda.get_device_name(device)}"
-    return text
 
 
 def cpu_flags() -> str:
@@ -76,28 +57,6 @@ def cpu_flags() -> str:
     except OSError:
         pass
     return "unknown"
-
-
-def memory_mib() -> Dict[str, float]:
-    """Current and peak resident memory of this process (MiB), from /proc/self/status (Linux)."""
-    values = {}
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(("VmRSS", "VmHWM")):
-                key, value = line.split(":")
-                values[key] = int(value.split()[0]) / 1024
-    except OSError:
-        pass
-    return values
-
-
-def reset_peak_rss() -> bool:
-    """Make the kernel's peak-RSS counter start again from the current RSS (Linux >= 4.0)."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
 
 
 # ------------------------------------------------------------------ the authors' loops
