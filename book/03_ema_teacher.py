@@ -85,7 +85,7 @@ except FileNotFoundError as err:
     print(f"This chapter needs Imagenette: set DINO_DATA to a folder with imagenette-mini/ or imagenette2-160/, "
           f"or run online so that it is downloaded into {resolve_data_root()} ({err})")
     raise SystemExit(1)
-print(f"Imagenette found in {IMAGENETTE}")
+print(f"Imagenette found: {IMAGENETTE.name}")
 
 # %% [markdown]
 # ## Section 1: a teacher made from the student
