@@ -163,11 +163,15 @@ class TrainingViews(torch.utils.data.Dataset):
         except BadImageError as err:
             if not self.skip_bad_images:
                 raise
-            print(f"skipping unreadable image: {err}", file=sys.stderr)
-            if self.bad_images_log:
-                with open(self.bad_images_log, "a") as f:
-                    f.write(f"epoch {self.epoch}\t{self.dataset.samples[index][0]}\t{err}\n")
+            self.report_bad_image(err)
             return None
+
+    def report_bad_image(self, message) -> None:
+        """One line on stderr and in ``bad_images_log`` for a skipped image (the message names the file)."""
+        print(f"skipping unreadable image: {message}", file=sys.stderr)
+        if self.bad_images_log:
+            with open(self.bad_images_log, "a") as f:
+                f.write(f"epoch {self.epoch}\t{message}\n")
 
 
 def collate_views(samples):

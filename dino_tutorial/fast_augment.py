@@ -126,45 +126,52 @@ def blur_kernel(radius: float, passes: int = 3) -> torch.Tensor:
     return torch.from_numpy(kernel.astype(np.float32))
 
 
+# The colour operations below take one image (3, H, W) with a float factor, or a batch (N, 3, H, W) with one
+# factor per image as a tensor (N, 1, 1, 1) (the batched device path, ``device_augment``); values in [0, 255].
+Factor = Union[float, torch.Tensor]
+
+
 def _luma(x: torch.Tensor) -> torch.Tensor:
-    """(3, H, W) float -> (1, H, W) luma."""
-    return (_LUMA_T @ x.reshape(3, -1)).view(1, *x.shape[1:])
+    """(..., 3, H, W) float -> (..., 1, H, W) luma."""
+    weights = _LUMA_T if x.device.type == "cpu" else _LUMA_T.to(x.device)
+    return (weights @ x.reshape(*x.shape[:-2], -1)).view(*x.shape[:-3], 1, *x.shape[-2:])
 
 
-def adjust_brightness(x: torch.Tensor, factor: float) -> torch.Tensor:
+def adjust_brightness(x: torch.Tensor, factor: Factor) -> torch.Tensor:
     return x.mul_(factor).clamp_(0.0, 255.0)
 
 
-def adjust_contrast(x: torch.Tensor, factor: float) -> torch.Tensor:
+def adjust_contrast(x: torch.Tensor, factor: Factor) -> torch.Tensor:
     """Blend with the image's mean luma (PIL's ImageEnhance.Contrast)."""
-    mean = _LUMA_T @ x.reshape(3, -1).mean(dim=1)
+    mean = _luma(x.mean(dim=(-2, -1), keepdim=True))          # the luma of the mean colour is the mean luma
     return x.mul_(factor).add_(mean * (1.0 - factor)).clamp_(0.0, 255.0)
 
 
-def adjust_saturation(x: torch.Tensor, factor: float) -> torch.Tensor:
+def adjust_saturation(x: torch.Tensor, factor: Factor) -> torch.Tensor:
     """Blend with the per-pixel luma (PIL's ImageEnhance.Color)."""
-    gray = _luma(x)
-    return x.mul_(factor).add_(gray, alpha=1.0 - factor).clamp_(0.0, 255.0)
+    gray = _luma(x).mul_(1.0 - factor)
+    return x.mul_(factor).add_(gray).clamp_(0.0, 255.0)
 
 
-def adjust_hue(x: torch.Tensor, shift: float) -> torch.Tensor:
-    """Rotate the HSV hue of a (3, H, W) image with values in [0, 255] by ``shift`` of a turn.
+def adjust_hue(x: torch.Tensor, shift: Factor) -> torch.Tensor:
+    """Rotate the HSV hue of (..., 3, H, W) images with values in [0, 255] by ``shift`` of a turn.
 
     Value (the max) and chroma c (max - min) are kept. The hue is a position u on the colour hexagon
     (red at 0, green at 2, blue at 4, period 6); output channel n (red, green, blue: n = 5, 3, 1) is
     ``max - c * clamp(2 - d, 0, 1)`` where d is the distance around the hexagon from ``u + 6 * shift + n`` to 2.
     """
-    r, g, b = x[0], x[1], x[2]
-    high = x.amax(dim=0)
-    chroma = high - x.amin(dim=0)
+    r, g, b = x.unbind(-3)
+    high = x.amax(dim=-3)
+    chroma = high - x.amin(dim=-3)
     # u * c: (g - b) where red is the max, 2c + (b - r) where green is, 4c + (r - g) where blue is; u in [-1, 5]
     position = torch.where(r == high, g - b, torch.where(g == high, (b - r).add_(chroma, alpha=2.0),
                                                          (r - g).add_(chroma, alpha=4.0)))
     position.div_(chroma.clamp(min=1e-6))    # a grey pixel has c = 0 and u = 0: its output is `high`
-    distance = (position.unsqueeze(0) + (_HUE_OFFSETS + (6.0 * shift - 2.0))).abs_()       # in [0, 8.6]
+    offsets = _HUE_OFFSETS if x.device.type == "cpu" else _HUE_OFFSETS.to(x.device)
+    distance = (position.unsqueeze(-3) + (offsets + (6.0 * shift - 2.0))).abs_()           # in [0, 8.6]
     distance = torch.minimum(distance, (distance - 6.0).abs_())                             # around the hexagon
     weight = distance.neg_().add_(2.0).clamp_(0.0, 1.0)
-    return weight.mul_(chroma).neg_().add_(high)
+    return weight.mul_(chroma.unsqueeze(-3)).neg_().add_(high.unsqueeze(-3))
 
 
 @functools.lru_cache(maxsize=64)

@@ -27,7 +27,7 @@ import time
 import warnings
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
 from .augment import MultiCropAugmentation, eval_transform
+from .device_augment import DeviceMultiCropAugmentation, EncodedBatch, collate_encoded
 from .fast_augment import FastMultiCropAugmentation, normalize_uint8
 from .data import BadImageError, ResumableSampler, TrainingViews, collate_views, imagenet, split_folder
 from .knn import extract_features, knn_classify
@@ -67,7 +68,8 @@ class TrainConfig:
     local_crops_number: int = 8
     global_size: int = 224
     local_size: int = 96
-    augmentation: str = "pil"            # pil: the reference PIL pipeline | fast: fast_augment (uint8 views)
+    augmentation: str = "pil"            # pil: the reference PIL pipeline | fast: fast_augment (uint8 views) |
+                                         # device: workers send JPEG bytes, views made in batches on the device
     # optimisation
     epochs: int = 100
     batch_size_per_gpu: int = 64
@@ -143,7 +145,7 @@ class TrainConfig:
         if self.local_size > self.global_size:
             raise ValueError(f"local_size ({self.local_size}) must not exceed global_size ({self.global_size})")
         choices = {"optimizer": ("sgd", "lars", "adamw"), "amp": ("auto", "bf16", "fp16", "none"),
-                   "augmentation": ("pil", "fast"),
+                   "augmentation": ("pil", "fast", "device"),
                    "device": ("auto", "cpu", "cuda")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -332,12 +334,13 @@ class Trainer:
     def _build_data(self) -> None:
         """Multi-crop views of the training split; every process reads its own shard."""
         c = self.config
-        views = FastMultiCropAugmentation if c.augmentation == "fast" else MultiCropAugmentation
-        augmentation = views(c.global_crops_scale, c.local_crops_scale, c.local_crops_number, c.global_size,
-                             c.local_size)
-        images = imagenet(c.data_path, "train", augmentation, per_class=c.train_per_class or None)
-        if c.augmentation == "fast":
-            images.loader = os.fspath           # the fast path decodes the file itself, at reduced size if it can
+        views = {"pil": MultiCropAugmentation, "fast": FastMultiCropAugmentation,
+                 "device": DeviceMultiCropAugmentation}[c.augmentation]
+        self.augmentation = views(c.global_crops_scale, c.local_crops_scale, c.local_crops_number, c.global_size,
+                                  c.local_size)
+        images = imagenet(c.data_path, "train", self.augmentation, per_class=c.train_per_class or None)
+        if c.augmentation != "pil":
+            images.loader = os.fspath           # these paths read the file themselves (fast: at reduced size)
         _check_crop_sizes(images, c.global_size)
         if len(images) < c.batch_size_per_gpu * self.world_size:
             raise ValueError(f"{len(images)} training images cannot fill one batch of "
@@ -345,7 +348,7 @@ class Trainer:
         self.dataset = TrainingViews(images, c.seed, c.skip_bad_images, self.output_dir / "bad_images.log")
         self.sampler = ResumableSampler(self.dataset, self.world_size, self.rank, c.seed)
         self.loader = _loader(self.dataset, c.batch_size_per_gpu, c, self.device, self.sampler, drop_last=True,
-                              collate_fn=collate_views)
+                              collate_fn=collate_encoded if c.augmentation == "device" else collate_views)
         self.niter = len(self.loader) if not c.max_iters_per_epoch else min(len(self.loader), c.max_iters_per_epoch)
 
     def _build_models(self) -> None:
@@ -455,6 +458,8 @@ class Trainer:
         for i, (crops, _, skipped) in enumerate(self.loader, start=start_iter):
             if i >= self.niter:
                 break
+            if isinstance(crops, EncodedBatch):          # augmentation="device": decode and make the views here
+                crops, skipped = self.device_views(crops, skipped)
             sums["skipped_images"] = sums.get("skipped_images", 0) + skipped
             if crops is not None:
                 loss, stats = self.train_step(crops, epoch, epoch * self.niter + i, i)
@@ -496,6 +501,15 @@ class Trainer:
         if self.world_size > 1:
             dist.barrier()
         return record
+
+    def device_views(self, batch: EncodedBatch, skipped: int) -> Tuple[Optional[List[torch.Tensor]], int]:
+        """The views of a batch of JPEG bytes, made on the training device; files it cannot decode are
+        reported and skipped under ``skip_bad_images`` (else ``BadImageError`` stops the run, naming the file)."""
+        views, _, failures = self.augmentation.views(batch, self.device, memory_format=self.memory_format,
+                                                     skip_bad_images=self.config.skip_bad_images)
+        for message in failures:
+            self.dataset.report_bad_image(message)
+        return views or None, skipped + len(failures)
 
     def train_step(self, crops, epoch: int, it: int, i: int) -> Tuple[float, Dict[str, float]]:
         """One DINO iteration (global iteration ``it``, iteration ``i`` of the epoch); returns (loss, collapse stats)."""

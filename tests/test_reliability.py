@@ -83,23 +83,32 @@ def test_a_healthy_teacher_raises_no_collapse_warning():
     assert diagnose_collapse(teacher_entropy=3.0, center_entropy=7.5, out_dim=4096) is None
 
 
-def break_one_image(folder: Path) -> Path:
+def break_one_image(folder: Path, keep_header: bool = False) -> Path:
+    """Truncate one training JPEG: to 200 bytes (no readable header), or to half (header intact, pixels cut)."""
     path = sorted((folder / "train" / "class1").iterdir())[0]
-    path.write_bytes(path.read_bytes()[:200])
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) // 2] if keep_header else data[:200])
     return path
 
 
-def test_an_unreadable_image_stops_the_run_naming_the_file(tiny_folder, tmp_path):
-    bad = break_one_image(tiny_folder)
+# The device path reads the header in the workers and decodes the pixels in the training process: a file
+# can fail in either place.
+BREAKS = [("pil", False), ("device", False), ("device", True)]
+
+
+@pytest.mark.parametrize("augmentation, keep_header", BREAKS)
+def test_an_unreadable_image_stops_the_run_naming_the_file(tiny_folder, tmp_path, augmentation, keep_header):
+    bad = break_one_image(tiny_folder, keep_header)
     with pytest.raises(BadImageError, match=str(bad)):
         train(tiny_config(tiny_folder, tmp_path / "run", knn_every=0, max_iters_per_epoch=0, epochs=1,
-                          warmup_epochs=0))
+                          warmup_epochs=0, augmentation=augmentation))
 
 
-def test_skip_bad_images_counts_and_logs_every_skipped_file(tiny_folder, tmp_path):
-    bad = break_one_image(tiny_folder)
+@pytest.mark.parametrize("augmentation, keep_header", BREAKS)
+def test_skip_bad_images_counts_and_logs_every_skipped_file(tiny_folder, tmp_path, augmentation, keep_header):
+    bad = break_one_image(tiny_folder, keep_header)
     record = train(tiny_config(tiny_folder, tmp_path / "run", knn_every=0, max_iters_per_epoch=0, epochs=1,
-                               warmup_epochs=0, skip_bad_images=True))
+                               warmup_epochs=0, skip_bad_images=True, augmentation=augmentation))
     assert record["skipped_images"] == 1
     assert str(bad) in (tmp_path / "run" / "bad_images.log").read_text()
 

@@ -136,7 +136,20 @@ def test_exported_teacher_backbone_reloads_with_identical_features(tiny_folder, 
 
 
 @pytest.mark.slow
-def test_fast_data_path_trains_and_normalises_on_the_device(tiny_folder, tmp_path):
-    record = train(tiny_config(tiny_folder, tmp_path / "fast", augmentation="fast", knn_every=0, epochs=1,
-                               warmup_epochs=0, num_workers=1))
+@pytest.mark.parametrize("augmentation", ["fast", "device"])
+def test_fast_data_paths_train_on_normalised_views(tiny_folder, tmp_path, monkeypatch, augmentation):
+    """fast: uint8 views from the workers, normalised on the device; device: JPEG bytes, views made in batches."""
+    from dino_tutorial.train import Trainer
+    seen = []
+    step = Trainer.train_step
+
+    def spy(self, crops, *args):
+        seen.append([(tuple(x.shape), x.dtype) for x in crops])
+        return step(self, crops, *args)
+
+    monkeypatch.setattr(Trainer, "train_step", spy)
+    record = train(tiny_config(tiny_folder, tmp_path / augmentation, augmentation=augmentation, knn_every=0,
+                               epochs=1, warmup_epochs=0, num_workers=1))
     assert record["epoch"] == 1 and 0 < record["loss"] < 10
+    assert seen and all(shapes[:2] == [((4, 3, 32, 32), torch.uint8 if augmentation == "fast" else torch.float32)] * 2
+                        and shapes[2:] == [((4, 3, 16, 16), shapes[2][1])] * 2 for shapes in seen)
