@@ -6,7 +6,12 @@ Compares, on full-size ImageNet JPEGs, in one process with one thread:
       normalised float tensors out), as in the authors' code;
   (b) the package's ``MultiCropAugmentation`` (same recipe, float tensors out);
   (c) ``FastMultiCropAugmentation`` on the file path (reduced JPEG decoding, uint8 tensors out);
-  (c') the fast path given an already decoded PIL image (no reduced decoding), to show what decoding costs.
+  (c') the fast path given an already decoded PIL image (no reduced decoding), to show what decoding costs;
+  (d) ``DeviceMultiCropAugmentation`` run on the CPU: what the DataLoader workers do (bytes, header, draws)
+      plus decoding and rendering batches of 32 (normalised float out), all in this process.
+
+On a machine with CUDA a last table splits the device path: the workers' share, in images per second per
+core, and the GPU's share (decoding with nvJPEG and rendering batches of 64), in images per second.
 
 Throughput is images per CPU-second of this process (``time.process_time``), so that other programs running
 on a shared machine do not count against it; wall-clock throughput is printed beside it. Methods are
@@ -39,6 +44,7 @@ from dino_tutorial import fast_augment as fa  # noqa: E402
 import common  # noqa: E402
 from dino_tutorial.augment import IMAGENET_MEAN, IMAGENET_STD, MultiCropAugmentation  # noqa: E402
 from dino_tutorial.data import IMAGE_EXTENSIONS, load_rgb, resolve_data_root  # noqa: E402
+from dino_tutorial.device_augment import DeviceMultiCropAugmentation, collate_encoded  # noqa: E402
 
 
 def machine() -> str:
@@ -111,13 +117,22 @@ def best_of(fn: Callable[[], object], number: int, repeat: int) -> float:
     return best
 
 
+def device_views(aug: DeviceMultiCropAugmentation, paths: Sequence[Path], device: str, batch: int = 32) -> None:
+    """The device path from files to views: the workers' part, then decoding and rendering batch by batch."""
+    for start in range(0, len(paths), batch):
+        encoded = collate_encoded([(aug(p), 0) for p in paths[start:start + batch]])[0]
+        aug.views(encoded, device)
+
+
 def pipelines(paths: Sequence[Path], rounds: int) -> List[Tuple[str, float, float]]:
     recipe, package, fast = StepByStepRecipe(), MultiCropAugmentation(), fa.FastMultiCropAugmentation()
+    device = DeviceMultiCropAugmentation()
     methods: Dict[str, Callable[[], object]] = {
         "(a) PIL + torchvision v1, step by step (float out)": lambda: [recipe(p) for p in paths],
         "(b) dino_tutorial MultiCropAugmentation (float out)": lambda: [package(load_rgb(p)) for p in paths],
         "(c) FastMultiCropAugmentation on the path (uint8 out)": lambda: [fast(p) for p in paths],
         "(c') FastMultiCropAugmentation on a decoded PIL image": lambda: [fast(load_rgb(p)) for p in paths],
+        "(d) DeviceMultiCropAugmentation run on the CPU (float out)": lambda: device_views(device, paths, "cpu"),
     }
     for fn in methods.values():                  # warm up: file cache, allocator, lazy imports
         fn()
@@ -173,6 +188,28 @@ def operations(paths: Sequence[Path]) -> List[Tuple[str, str, float, float]]:
     return rows
 
 
+def device_split_on_gpu(paths: Sequence[Path], rounds: int, batch: int = 64) -> Tuple[float, float, str]:
+    """(workers' images/s per core, GPU images/s for decoding + rendering, GPU name) of the device path."""
+    aug, gpu = DeviceMultiCropAugmentation(), torch.device("cuda")
+    encode = lambda: [collate_encoded([(aug(p), 0) for p in paths[i:i + batch]])[0]  # noqa: E731
+                      for i in range(0, len(paths), batch)]
+    batches = encode()
+    for b in batches:                                            # warm up: nvJPEG handles, kernels, allocator
+        aug.views(b, gpu)
+    worker_best, gpu_best = float("inf"), float("inf")
+    for _ in range(rounds):
+        start = time.process_time()
+        batches = encode()
+        worker_best = min(worker_best, time.process_time() - start)
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        for b in batches:
+            aug.views(b, gpu)
+        torch.cuda.synchronize()
+        gpu_best = min(gpu_best, time.perf_counter() - start)
+    return len(paths) / worker_best, len(paths) / gpu_best, torch.cuda.get_device_name(gpu)
+
+
 def decoding(paths: Sequence[Path]) -> List[Tuple[str, float]]:
     """Decode cost at full size and at 1/2, 1/4, 1/8 scale (libjpeg DCT scaling), ms per image."""
     def decode(reduction: int):
@@ -216,6 +253,11 @@ def main(argv=None) -> None:
     for name, per_core, wall in results:
         print(f"| {name} | {per_core:.1f} | {wall:.1f} | {per_core / reference:.2f}x |")
     print(f"\nFast path (c) vs the package's reference (b): {results[2][1] / results[1][1]:.2f}x per core.")
+    if torch.cuda.is_available():
+        workers, on_gpu, name = device_split_on_gpu(paths, args.rounds)
+        print(f"\n| device path, split | images/s |\n|---|---:|\n"
+              f"| workers' share: bytes, header, draws (per core, CPU time) | {workers:.1f} |\n"
+              f"| GPU's share: nvJPEG decoding + views, batches of 64 ({name}, wall clock) | {on_gpu:.1f} |")
 
     print("\n| JPEG decoding (PIL, libjpeg DCT scaling) | ms per image |")
     print("|---|---:|")

@@ -3,14 +3,15 @@
 One step = teacher on the 2 global crops (no gradient), student on all crops, DINO loss, backward, per-parameter
 gradient clipping (3.0), SGD step, EMA update of the teacher. Variants:
 
-  reference  eager fp32; EMA and clipping as Python loops over the parameters (the authors' code)
+  reference  eager, NCHW, fp32 on the CPU and fp16 autocast with a gradient scaler on CUDA; EMA and clipping
+             as Python loops over the parameters (the authors' code)
   package    ``dino_tutorial.teacher.ema_update`` / ``dino_tutorial.optim.clip_gradients`` (one fused call
              per list of tensors), uint8 crops normalised on the device (``normalize_uint8``), and optionally
              channels_last memory, bf16 autocast and ``torch.compile``
 
 On the CPU all combinations of channels_last and bf16 autocast are measured (whether they pay depends on the
 CPU: bf16 needs AVX512-BF16 or AMX to be fast); ``--compile`` adds a compiled variant. On CUDA the default
-list is reference, package fp32, package channels_last + bf16, and the same compiled.
+list is reference (fp16), package fp32, package channels_last + bf16, and the same compiled.
 
 Reported: seconds per step (wall clock and CPU time of this process), images per second (on the CPU: per core,
 from the CPU time, which other programs on a shared machine do not inflate), the time 100 epochs of ImageNet
@@ -83,11 +84,13 @@ class Variant:
     channels_last: bool = False
     bf16: bool = False
     compile: bool = False
+    fp16: bool = False                             # fp16 autocast with a gradient scaler (the authors' CUDA default)
 
 
 def variants(device: torch.device, compile_: bool) -> List[Variant]:
     if device.type == "cuda":
-        out = [Variant("reference: eager fp32, loops", False), Variant("package: fp32, foreach", True),
+        out = [Variant("reference: eager fp16 autocast, loops", False, fp16=True),
+               Variant("package: fp32, foreach", True),
                Variant("package: channels_last + bf16", True, True, True)]
         if compile_:
             out.append(Variant("package: channels_last + bf16 + compile", True, True, True, True))
@@ -105,7 +108,9 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def run_variant(v: Variant, args, device: torch.device) -> Dict[str, float]:
+def make_step(v: Variant, args, device: torch.device) -> Callable[[List[torch.Tensor]], float]:
+    """One DINO step of variant ``v`` as a function of the host-side crops of a batch (uint8 for the package's
+    variants, normalised float for the reference; already on the device is fine too)."""
     torch.manual_seed(0)
     backbone, dim = build_backbone(args.arch)
     head = DINOHead(dim, args.out_dim)
@@ -121,29 +126,43 @@ def run_variant(v: Variant, args, device: torch.device) -> Dict[str, float]:
             group["weight_decay"] = 1e-4
     student_fn: Callable = torch.compile(student) if v.compile else student
     teacher_fn: Callable = torch.compile(teacher) if v.compile else teacher
+    scaler = torch.amp.GradScaler(device.type, enabled=v.fp16)
+    amp_dtype = torch.bfloat16 if v.bf16 else torch.float16
+
+    def step(host: List[torch.Tensor]) -> float:
+        crops = [x.to(device, non_blocking=True, memory_format=fmt) for x in host]
+        if crops[0].dtype == torch.uint8:
+            crops = [normalize_uint8(x) for x in crops]
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=v.bf16 or v.fp16):
+            with torch.no_grad():
+                teacher_out = teacher_fn(crops[:2])
+            student_out = student_fn(crops)
+            loss = loss_fn(student_out, teacher_out, 1)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        (clip_gradients if v.package else clip_loop)(student, 3.0)
+        scaler.step(optimizer)
+        scaler.update()
+        (ema_update if v.package else ema_loop)(teacher, student, 0.996)
+        return loss.item()
+
+    return step
+
+
+def run_variant(v: Variant, args, device: torch.device) -> Dict[str, float]:
     # host-side crops as the data loader gives them: uint8 for the package path, normalised float otherwise
+    torch.manual_seed(0)
     sizes = [args.global_size] * 2 + [args.local_size] * args.local_crops
     host = [torch.randint(0, 256, (args.batch, 3, s, s), dtype=torch.uint8) for s in sizes]
     if not v.package:
         host = [normalize_uint8(x) for x in host]
     if device.type == "cuda":
         host = [x.pin_memory() for x in host]
+    one_step = make_step(v, args, device)
 
     def step() -> float:
-        crops = [x.to(device, non_blocking=True, memory_format=fmt) for x in host]
-        if v.package:
-            crops = [normalize_uint8(x) for x in crops]
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=v.bf16):
-            with torch.no_grad():
-                teacher_out = teacher_fn(crops[:2])
-            student_out = student_fn(crops)
-            loss = loss_fn(student_out, teacher_out, 1)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        (clip_gradients if v.package else clip_loop)(student, 3.0)
-        optimizer.step()
-        (ema_update if v.package else ema_loop)(teacher, student, 0.996)
-        return loss.item()
+        return one_step(host)
 
     warm_start = time.perf_counter()
     for _ in range(args.warmup):
@@ -215,26 +234,40 @@ def table(header: List[str], rows: List[List[str]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_step_arguments(parser: argparse.ArgumentParser, steps_cpu: int, steps_cuda: int) -> None:
+    """The model, crops, batch, step counts and device options shared with end_to_end.py."""
     parser.add_argument("--arch", default="resnet50", choices=["resnet18", "resnet34", "resnet50"])
     parser.add_argument("--batch", type=int, default=None, help="images per step (default 4 on CPU, 64 on CUDA)")
     parser.add_argument("--local-crops", type=int, default=8, help="local crops per image (default 8)")
     parser.add_argument("--global-size", type=int, default=224)
     parser.add_argument("--local-size", type=int, default=96)
     parser.add_argument("--out-dim", type=int, default=65536)
-    parser.add_argument("--steps", type=int, default=None, help="measured steps (default 1 on CPU, 20 on CUDA)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help=f"measured steps (default {steps_cpu} on CPU, {steps_cuda} on CUDA)")
     parser.add_argument("--warmup", type=int, default=None, help="warm-up steps (default 1 on CPU, 5 on CUDA)")
-    parser.add_argument("--compile", action="store_true", help="add a torch.compile variant (default on CUDA)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--only", default=None, help="run the variants whose name contains this text")
-    args = parser.parse_args(argv)
+    parser.set_defaults(steps_defaults=(steps_cpu, steps_cuda))
+
+
+def settle_step_arguments(args: argparse.Namespace) -> torch.device:
+    """The device the options ask for, and the defaults that depend on it."""
     device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
                           else "cpu")
     on_gpu = device.type == "cuda"
     args.batch = args.batch or (64 if on_gpu else 4)
-    args.steps = args.steps or (20 if on_gpu else 1)
+    args.steps = args.steps or args.steps_defaults[on_gpu]
     args.warmup = args.warmup if args.warmup is not None else (5 if on_gpu else 1)
+    return device
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_step_arguments(parser, steps_cpu=1, steps_cuda=20)
+    parser.add_argument("--compile", action="store_true", help="add a torch.compile variant (default on CUDA)")
+    parser.add_argument("--only", default=None, help="run the variants whose name contains this text")
+    args = parser.parse_args(argv)
+    device = settle_step_arguments(args)
+    on_gpu = device.type == "cuda"
     compile_ = args.compile or on_gpu
 
     print(f"Machine: {machine(device)}; CPU features: {cpu_flags()}")
