@@ -60,6 +60,11 @@
 #
 # Running the same command again resumes the run from its last checkpoint; once the run is complete, it only
 # evaluates. In JupyterLab, edit the parameters cell and run all cells.
+#
+# On a GPU, making the ten views of every image can cost more than training on them: the recipe's PIL
+# pipeline makes about 50 images per second per CPU core, the `fast` one about 130 (uint8 views, same
+# recipe), and `-p augmentation device` leaves the workers only reading files while the GPU decodes them and
+# makes the views of the whole batch at once. The {doc}`Performance <performance>` page measures all three.
 
 # %% tags=["parameters"]
 data_path = None         # ImageFolder root with train/ and val/; None: $DINO_DATA/imagenet (data/README.md)
@@ -69,6 +74,7 @@ epochs = None            # None: the preset's (100 for rn50_imagenet)
 batch_size_per_gpu = None  # None: the preset's (64); the learning rate scales with the total batch
 num_gpus = None          # None: every visible GPU; 0: CPU (smoke runs only)
 num_workers = None       # data-loading processes per GPU; None: the preset's (8)
+augmentation = None      # None: the preset's (pil); fast: uint8 views on the CPU; device: views made on the GPU
 resume = True            # continue from output_dir/checkpoint.pth when it exists
 knn_every = 10           # epochs between k-NN evaluations during training; 0: never
 launcher = "auto"        # auto: torchrun for several GPUs, in this kernel otherwise | torchrun | kernel
@@ -163,6 +169,8 @@ if not is_count(knn_every, 0):
 for name, value in (("resume", resume), ("smoke", smoke)):
     if not isinstance(value, bool):
         raise BadParameter(f"{name} must be True or False, got {value!r}")
+if augmentation not in (None, "pil", "fast", "device"):
+    raise BadParameter(f"augmentation must be None, pil, fast or device, got {augmentation!r}")
 if launcher not in ("auto", "torchrun", "kernel"):
     raise BadParameter(f"launcher must be auto, torchrun or kernel, got {launcher!r}")
 
@@ -240,7 +248,8 @@ overrides = dict(data_path=str(data_root), resume="auto" if resume else "none",
                  device="cuda" if gpus else "cpu", knn_every=knn_every)
 if smoke:
     overrides.update(SMOKE)
-for name, value in (("epochs", epochs), ("batch_size_per_gpu", batch_size_per_gpu), ("num_workers", num_workers)):
+for name, value in (("epochs", epochs), ("batch_size_per_gpu", batch_size_per_gpu), ("num_workers", num_workers),
+                    ("augmentation", augmentation)):
     if value is not None:
         overrides[name] = value
 config = TrainConfig.from_preset(preset, **overrides)

@@ -69,7 +69,8 @@ def test_smoke_run_summarises_and_the_same_command_resumes_without_repeating_an_
     ({"preset": "nope"}, "unknown preset 'nope': choose one of"),
     ({"batch_size_per_gpu": 0}, "batch_size_per_gpu must be None or an integer >= 1, got 0"),
     ({"num_gpus": 0}, "the full run needs CUDA GPUs and num_gpus=0 asks for none"),
-], ids=["missing-data", "unknown-preset", "zero-batch", "zero-gpus"])
+    ({"augmentation": "gpu"}, "augmentation must be None, pil, fast or device, got 'gpu'"),
+], ids=["missing-data", "unknown-preset", "zero-batch", "zero-gpus", "unknown-augmentation"])
 def test_a_bad_parameter_stops_the_run_in_the_first_cells_with_one_line(tmp_path, parameters, message):
     result = papermill(tmp_path / "out.ipynb", output_dir=tmp_path / "run", **parameters)
     assert result.returncode != 0
