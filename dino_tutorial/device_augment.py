@@ -20,6 +20,7 @@ tests check it), so the distribution of views is the recipe's.
 """
 from __future__ import annotations
 
+import functools
 import io
 import os
 import warnings
@@ -114,10 +115,17 @@ def blur_batch(x: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
     return y.view(n, channels, height, width)
 
 
-def _rows(mask: torch.Tensor, device: torch.device) -> Optional[torch.Tensor]:
-    """Indices where a host-side mask is true, on ``device``; None when there are none (no device sync)."""
-    idx = torch.nonzero(mask).flatten()
-    return idx.to(device, non_blocking=True) if len(idx) else None
+def to_device(tensors: List[torch.Tensor], device: torch.device) -> List[torch.Tensor]:
+    """Host tensors of one dtype -> the same tensors on ``device``, in one asynchronous copy.
+
+    A copy from ordinary (pageable) host memory makes the host wait until the GPU has finished the work queued
+    before it; one pinned buffer copied with ``non_blocking`` lets the host go on launching work instead.
+    """
+    if device.type == "cpu" or not tensors:
+        return [t.to(device) for t in tensors]
+    sizes = [t.numel() for t in tensors]
+    flat = torch.cat([t.reshape(-1) for t in tensors]).pin_memory().to(device, non_blocking=True)
+    return [part.view(t.shape) for part, t in zip(flat.split(sizes), tensors)]
 
 
 def colour_batch(x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
@@ -126,46 +134,65 @@ def colour_batch(x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
     ``params`` (n, 17) on the host: each row holds the draws of its crop. Each operation runs once on the
     crops that drew it (the four jitter operations once per position in the order, on the crops that drew
     that operation at that position); the result is rounded to whole grey levels, as the uint8 paths are.
+    Which crops get what is worked out on the host and sent to the device in two copies.
     """
     device = x.device
-    factors = params[:, BRIGHTNESS:HUE + 1].to(device, torch.float32, non_blocking=True)
     jitter, order = params[:, JITTER] > 0.5, params[:, ORDER].long()
-    for position in range(4):
-        for op, adjust in enumerate(_JITTER_OPS):
-            idx = _rows(jitter & (order[:, position] == op), device)
-            if idx is not None:
-                x[idx] = adjust(x[idx], factors[idx, op].view(-1, 1, 1, 1))
-    idx = _rows(params[:, GRAYSCALE] > 0.5, device)
-    if idx is not None:
-        x[idx] = _luma(x[idx]).expand(-1, 3, -1, -1)
+    steps = [(op, jitter & (order[:, position] == op)) for position in range(4) for op in range(4)]
+    steps += [(name, params[:, column] > 0.5 if name != "blur" else params[:, column] > 0)
+              for name, column in (("gray", GRAYSCALE), ("blur", BLUR_RADIUS), ("solarize", SOLARIZE),
+                                   ("flip", FLIP))]
+    steps = [(name, torch.nonzero(mask).flatten()) for name, mask in steps]
+    steps = [(name, idx) for name, idx in steps if len(idx)]
     blurred = params[:, BLUR_RADIUS] > 0
-    idx = _rows(blurred, device)
-    if idx is not None:
-        x[idx] = blur_batch(x[idx], blur_kernels(params[blurred, BLUR_RADIUS]))
-    x.round_()
-    idx = _rows(params[:, SOLARIZE] > 0.5, device)
-    if idx is not None:
+    kernels = blur_kernels(params[blurred, BLUR_RADIUS])
+    indices = to_device([idx for _, idx in steps], device)
+    factors, kernels = to_device([params[:, BRIGHTNESS:HUE + 1].float(), kernels], device)
+    rounded = False
+    for (name, _), idx in zip(steps, indices):
+        if name in ("solarize", "flip") and not rounded:
+            x.round_()                                       # whole grey levels before solarizing, as uint8
+            rounded = True
         crops = x[idx]
-        x[idx] = torch.where(crops >= 128.0, 255.0 - crops, crops)              # PIL's solarize at 128
-    idx = _rows(params[:, FLIP] > 0.5, device)
-    if idx is not None:
-        x[idx] = x[idx].flip(-1)
-    return x
+        if name in range(4):
+            x[idx] = _JITTER_OPS[name](crops, factors[idx, name].view(-1, 1, 1, 1))
+        elif name == "gray":
+            x[idx] = _luma(crops).expand(-1, 3, -1, -1)
+        elif name == "blur":
+            x[idx] = blur_batch(crops, kernels)
+        elif name == "solarize":
+            x[idx] = torch.where(crops >= 128.0, 255.0 - crops, crops)       # PIL's solarize at 128
+        else:
+            x[idx] = crops.flip(-1)
+    return x if rounded else x.round_()
+
+
+def resizes_in_float(device: torch.device) -> bool:
+    """Whether crops are resized in float on ``device`` (CUDA has no uint8 antialiased bicubic kernel)."""
+    return device.type != "cpu"
 
 
 def crop_resize(image: torch.Tensor, row: Sequence[float], size: int) -> torch.Tensor:
     """The crop box of ``row`` cut from a decoded (3, H, W) or (1, 3, H, W) uint8 image -> (3, size, size) float.
 
-    Antialiased bicubic, as PIL; values rounded and clamped to [0, 255] like a uint8 result (on the CPU the
-    uint8 kernel does exactly that; CUDA resizes in float).
+    Antialiased bicubic, as PIL. On the CPU the uint8 kernel rounds and saturates like PIL; on CUDA the
+    result is float, to be rounded and clamped to [0, 255] by the caller.
     """
     top, left, height, width = (int(v) for v in row[TOP:WIDTH + 1])
     crop = image[..., top:top + height, left:left + width]
     crop = crop if crop.ndim == 4 else crop.unsqueeze(0)
-    if image.device.type == "cpu":
+    if not resizes_in_float(image.device):
         return F.interpolate(crop, size=(size, size), mode="bicubic", antialias=True, align_corners=False)[0].float()
-    out = F.interpolate(crop.float(), size=(size, size), mode="bicubic", antialias=True, align_corners=False)[0]
-    return out.round_().clamp_(0.0, 255.0)
+    # CUDA resizes in float: the caller rounds and clamps the whole batch at once (two kernels, not two per crop)
+    return F.interpolate(crop.float(), size=(size, size), mode="bicubic", antialias=True, align_corners=False)[0]
+
+
+@functools.lru_cache(maxsize=8)
+def _normalisation(device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
+    """ImageNet mean and 1 / std on the [0, 255] scale, (1, 3, 1, 1), on ``device`` (copied once)."""
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255.0
+    inv_std = 1.0 / (torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255.0)
+    return mean.to(device), inv_std.to(device)
 
 
 def _error_line(err: Exception) -> str:
@@ -241,8 +268,7 @@ class DeviceMultiCropAugmentation(FastMultiCropAugmentation):
         if device.type == "cpu":           # the CPU's uint8 resize kernel is several times faster on H x W x 3 memory
             images = [image.unsqueeze(0).contiguous(memory_format=torch.channels_last) for image in images]
         host = params.tolist()
-        mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1) * 255.0
-        inv_std = 1.0 / (torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1) * 255.0)
+        mean, inv_std = _normalisation(device)
         views: List[torch.Tensor] = []
         for first, last in ((0, 2), (2, self.n_crops)):
             if first == last:
@@ -251,6 +277,8 @@ class DeviceMultiCropAugmentation(FastMultiCropAugmentation):
             x = torch.empty(batch * (last - first), 3, size, size, device=device)
             for k, (v, b) in enumerate((v, b) for v in range(first, last) for b in range(batch)):
                 x[k] = crop_resize(images[b], host[b][v], size)
+            if resizes_in_float(device):
+                x.round_().clamp_(0.0, 255.0)
             x = colour_batch(x, params[:, first:last].transpose(0, 1).reshape(-1, N_COLUMNS))
             x = x.sub_(mean).mul_(inv_std).to(dtype).contiguous(memory_format=memory_format)
             views.extend(x.split(batch))

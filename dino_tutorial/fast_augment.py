@@ -131,9 +131,15 @@ def blur_kernel(radius: float, passes: int = 3) -> torch.Tensor:
 Factor = Union[float, torch.Tensor]
 
 
+@functools.lru_cache(maxsize=16)
+def _constant(name: str, device: torch.device) -> torch.Tensor:
+    """A module constant on ``device``, copied there once (a copy per call would make the host wait)."""
+    return {"luma": _LUMA_T, "hue_offsets": _HUE_OFFSETS}[name].to(device)
+
+
 def _luma(x: torch.Tensor) -> torch.Tensor:
     """(..., 3, H, W) float -> (..., 1, H, W) luma."""
-    weights = _LUMA_T if x.device.type == "cpu" else _LUMA_T.to(x.device)
+    weights = _LUMA_T if x.device.type == "cpu" else _constant("luma", x.device)
     return (weights @ x.reshape(*x.shape[:-2], -1)).view(*x.shape[:-3], 1, *x.shape[-2:])
 
 
@@ -167,7 +173,7 @@ def adjust_hue(x: torch.Tensor, shift: Factor) -> torch.Tensor:
     position = torch.where(r == high, g - b, torch.where(g == high, (b - r).add_(chroma, alpha=2.0),
                                                          (r - g).add_(chroma, alpha=4.0)))
     position.div_(chroma.clamp(min=1e-6))    # a grey pixel has c = 0 and u = 0: its output is `high`
-    offsets = _HUE_OFFSETS if x.device.type == "cpu" else _HUE_OFFSETS.to(x.device)
+    offsets = _HUE_OFFSETS if x.device.type == "cpu" else _constant("hue_offsets", x.device)
     distance = (position.unsqueeze(-3) + (offsets + (6.0 * shift - 2.0))).abs_()           # in [0, 8.6]
     distance = torch.minimum(distance, (distance - 6.0).abs_())                             # around the hexagon
     weight = distance.neg_().add_(2.0).clamp_(0.0, 1.0)

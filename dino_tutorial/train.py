@@ -27,7 +27,7 @@ import time
 import warnings
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -310,6 +310,33 @@ def _amp_dtype(config: TrainConfig, device: torch.device) -> Optional[torch.dtyp
     return torch.bfloat16
 
 
+class Lookahead:
+    """Iterates over a loader's (crops, labels, skipped) batches, turning encoded batches into views on the
+    device with ``make_views``; ``prefetch()`` prepares the next batch early (the trainer calls it while a
+    step is still running on the GPU). The batches and their order are those of the loader either way."""
+
+    def __init__(self, loader, make_views: Callable):
+        self.source, self.make_views, self.ready = iter(loader), make_views, None
+
+    def prefetch(self) -> None:
+        if self.ready is None:
+            batch = next(self.source, None)
+            if batch is not None and isinstance(batch[0], EncodedBatch):
+                views, skipped = self.make_views(batch[0], batch[2])
+                batch = (views, batch[1], skipped)
+            self.ready = batch if batch is not None else StopIteration
+
+    def __iter__(self) -> "Lookahead":
+        return self
+
+    def __next__(self):
+        self.prefetch()
+        batch, self.ready = self.ready, None
+        if batch is StopIteration:
+            raise StopIteration
+        return batch
+
+
 class Trainer:
     """Builds everything a run needs from a config, then trains epoch by epoch (see the module docstring)."""
 
@@ -455,14 +482,16 @@ class Trainer:
         start = time.time()
         bar = tqdm(total=self.niter, initial=start_iter, desc=f"epoch {epoch + 1}/{c.epochs}",
                    disable=not self.show_progress)
-        for i, (crops, _, skipped) in enumerate(self.loader, start=start_iter):
+        batches = Lookahead(self.loader, self.device_views)
+        for i, (crops, _, skipped) in enumerate(batches, start=start_iter):
             if i >= self.niter:
                 break
-            if isinstance(crops, EncodedBatch):          # augmentation="device": decode and make the views here
-                crops, skipped = self.device_views(crops, skipped)
             sums["skipped_images"] = sums.get("skipped_images", 0) + skipped
             if crops is not None:
-                loss, stats = self.train_step(crops, epoch, epoch * self.niter + i, i)
+                # augmentation="device": the next batch's views are launched on the device before this step's
+                # loss is waited for, so that making them overlaps the step instead of following it
+                ahead = batches.prefetch if c.augmentation == "device" and i + 1 < self.niter else None
+                loss, stats = self.train_step(crops, epoch, epoch * self.niter + i, i, before_sync=ahead)
                 for key, value in {"loss": loss, **stats}.items():
                     sums[key] = sums.get(key, 0.0) + value
                 bar.set_postfix(loss=f"{loss:.3f}", H_t=f"{stats['teacher_entropy']:.2f}")
@@ -511,8 +540,12 @@ class Trainer:
             self.dataset.report_bad_image(message)
         return views or None, skipped + len(failures)
 
-    def train_step(self, crops, epoch: int, it: int, i: int) -> Tuple[float, Dict[str, float]]:
-        """One DINO iteration (global iteration ``it``, iteration ``i`` of the epoch); returns (loss, collapse stats)."""
+    def train_step(self, crops, epoch: int, it: int, i: int,
+                   before_sync: Optional[Callable[[], None]] = None) -> Tuple[float, Dict[str, float]]:
+        """One DINO iteration (global iteration ``it``, iteration ``i`` of the epoch); returns (loss, collapse stats).
+
+        ``before_sync`` runs once every kernel of the step has been launched, before the host waits for its loss.
+        """
         c, device = self.config, self.device
         for g, group in enumerate(self.optimizer.param_groups):
             group["lr"] = float(self.lr_schedule[it])                # plain floats keep checkpoints weights_only
@@ -542,6 +575,8 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         ema_update(self.teacher, self.student, float(self.momentum_schedule[it]))
+        if before_sync is not None:
+            before_sync()
         return loss.item(), stats
 
 

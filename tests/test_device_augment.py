@@ -110,6 +110,21 @@ def test_batched_rendering_equals_the_fast_path_and_the_pil_chain_for_the_same_d
             assert (ours - pil).abs().mean() < 2.0, f"image {b} view {v}: {p}"
 
 
+def test_the_float_resize_used_on_cuda_gives_the_same_views(jpegs, monkeypatch):
+    """CUDA resizes in float and rounds the batch afterwards; run that arithmetic on the CPU and compare."""
+    import dino_tutorial.device_augment as device_augment
+    aug = DeviceMultiCropAugmentation(global_size=96, local_size=48, local_crops_number=3)
+    uint8_views = aug.views(encode(aug, jpegs), "cpu")[0]
+    monkeypatch.setattr(device_augment, "resizes_in_float", lambda device: True)
+    float_views = aug.views(encode(aug, jpegs), "cpu")[0]
+    for a, b in zip(uint8_views, float_views):
+        difference = (grey_levels(a) - grey_levels(b)).abs()
+        # a grey level of difference after the resize, amplified by up to 1.4 x 1.4 by the jitter, at worst
+        assert (difference > 2.01).float().mean() < 1e-3 and difference.mean() < 0.25, (difference.max(),
+                                                                                       difference.mean())
+        assert torch.allclose(grey_levels(b), grey_levels(b).round(), atol=1e-3)
+
+
 def _uniform(tmp_path, name, colour, size=(64, 48)):
     path = tmp_path / name
     Image.new("RGB", size, colour).save(path, quality=95)

@@ -23,14 +23,17 @@ def same_parameters(path_a: Path, path_b: Path) -> None:
             assert torch.equal(value, b[net][name]), f"{net}.{name} differs"
 
 
+@pytest.mark.parametrize("augmentation", ["pil", "device"])
 def test_sigterm_saves_the_current_iteration_and_the_resumed_run_equals_an_uninterrupted_one(tiny_folder, tmp_path,
-                                                                                            monkeypatch):
-    config = dict(knn_every=0, max_iters_per_epoch=3, deterministic=True)
+                                                                                            monkeypatch, augmentation):
+    """With augmentation="device" the next batch's views are made ahead, inside the step: they are dropped at
+    the stop and made again on resume, identically."""
+    config = dict(knn_every=0, max_iters_per_epoch=3, deterministic=True, augmentation=augmentation)
     train(tiny_config(tiny_folder, tmp_path / "straight", **config))
     real_step = Trainer.train_step
 
-    def step_then_signal(self, crops, epoch, it, i):
-        result = real_step(self, crops, epoch, it, i)
+    def step_then_signal(self, crops, epoch, it, i, **kwargs):
+        result = real_step(self, crops, epoch, it, i, **kwargs)
         if it == 4:                                       # epoch 2, iteration 2
             os.kill(os.getpid(), signal.SIGTERM)
         return result

@@ -140,16 +140,19 @@ def test_exported_teacher_backbone_reloads_with_identical_features(tiny_folder, 
 def test_fast_data_paths_train_on_normalised_views(tiny_folder, tmp_path, monkeypatch, augmentation):
     """fast: uint8 views from the workers, normalised on the device; device: JPEG bytes, views made in batches."""
     from dino_tutorial.train import Trainer
-    seen = []
+    seen, ahead = [], []
     step = Trainer.train_step
 
-    def spy(self, crops, *args):
+    def spy(self, crops, *args, **kwargs):
         seen.append([(tuple(x.shape), x.dtype) for x in crops])
-        return step(self, crops, *args)
+        ahead.append(kwargs.get("before_sync") is not None)
+        return step(self, crops, *args, **kwargs)
 
     monkeypatch.setattr(Trainer, "train_step", spy)
     record = train(tiny_config(tiny_folder, tmp_path / augmentation, augmentation=augmentation, knn_every=0,
                                epochs=1, warmup_epochs=0, num_workers=1))
     assert record["epoch"] == 1 and 0 < record["loss"] < 10
+    # the device path makes the next batch's views while a step runs (not after the last step of the epoch)
+    assert ahead == ([True] * (len(ahead) - 1) + [False] if augmentation == "device" else [False] * len(ahead))
     assert seen and all(shapes[:2] == [((4, 3, 32, 32), torch.uint8 if augmentation == "fast" else torch.float32)] * 2
                         and shapes[2:] == [((4, 3, 16, 16), shapes[2][1])] * 2 for shapes in seen)
