@@ -26,6 +26,7 @@ import os
 import warnings
 from typing import List, NamedTuple, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -195,6 +196,18 @@ def _normalisation(device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
     return mean.to(device), inv_std.to(device)
 
 
+def _decode_on_host(data: torch.Tensor) -> torch.Tensor:
+    """Encoded bytes -> (3, H, W) uint8 on the CPU: torchvision's decoders (JPEG, PNG, WebP, GIF), else PIL."""
+    try:
+        return decode_image(data, mode=ImageReadMode.RGB)
+    except RuntimeError as err:
+        if "Unsupported image file" not in str(err):
+            raise                                        # a broken file of a supported format
+    with Image.open(io.BytesIO(data.numpy().tobytes())) as img:
+        img.load()
+        return torch.from_numpy(np.array(img.convert("RGB"))).permute(2, 0, 1).contiguous()
+
+
 def _error_line(err: Exception) -> str:
     return str(err).strip().splitlines()[-1].split(", ")[-1] if str(err).strip() else type(err).__name__
 
@@ -239,14 +252,14 @@ class DeviceMultiCropAugmentation(FastMultiCropAugmentation):
         if device.type == "cuda":
             try:
                 images = list(decode_jpeg(batch.data, mode=ImageReadMode.RGB, device=device))
-            except RuntimeError:
-                pass                                     # a PNG, a CMYK JPEG, a broken file: one by one below
+            except (RuntimeError, TypeError, ValueError):
+                pass        # a PNG, a CMYK JPEG, a broken file, an older torchvision: one by one below
         failures = []
         for i, (data, path) in enumerate(zip(batch.data, batch.paths)):
             if images[i] is None:
                 try:
-                    images[i] = decode_image(data, mode=ImageReadMode.RGB).to(device, non_blocking=True)
-                except RuntimeError as err:
+                    images[i] = _decode_on_host(data).to(device, non_blocking=True)
+                except (OSError, RuntimeError, SyntaxError, ValueError) as err:
                     failures.append(f"cannot decode image {path}: {_error_line(err)}")
                     continue
             if tuple(images[i].shape[1:]) != tuple(batch.sizes[i]):

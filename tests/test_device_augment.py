@@ -206,9 +206,13 @@ def test_unreadable_files_are_named_and_can_be_skipped(tmp_path, jpegs):
     truncated.write_bytes(jpegs[0].read_bytes()[:2000])  # a whole header, half the pixels
     png = tmp_path / "photo.png"
     Image.open(jpegs[1]).save(png)                     # not a JPEG: decoded by the per-image fallback
-    batch = encode(aug, [jpegs[0], truncated, png])
+    bmp = tmp_path / "photo.bmp"
+    Image.open(jpegs[2]).save(bmp)                     # a format only PIL reads
+    batch = encode(aug, [jpegs[0], truncated, png, bmp])
     with pytest.raises(BadImageError, match="truncated.jpg"):
         aug.views(batch, "cpu")
     views, kept, failures = aug.views(batch, "cpu", skip_bad_images=True)
-    assert kept == [0, 2] and len(failures) == 1 and "truncated.jpg" in failures[0]
-    assert views[0].shape == (2, 3, 64, 64)
+    assert kept == [0, 2, 3] and len(failures) == 1 and "truncated.jpg" in failures[0]
+    assert views[0].shape == (3, 3, 64, 64)
+    images, _ = aug.decode(batch, "cpu")
+    assert torch.equal(images[3], torch.from_numpy(np.array(Image.open(bmp).convert("RGB"))).permute(2, 0, 1))
