@@ -11,7 +11,7 @@ import typing
 from dataclasses import fields
 from typing import List, Optional
 
-from .train import PRESETS, TrainConfig
+from .config import PRESETS, TrainConfig
 
 
 def _parse_bool(text: str) -> bool:

@@ -33,6 +33,23 @@ def test_short_run_writes_a_checkpoint_and_a_log(tiny_folder, tmp_path):
     assert torch.load(tmp_path / "run" / "checkpoint.pth", weights_only=True)["epoch"] == 2
 
 
+def test_knn_student_logs_the_students_accuracy_beside_the_teachers(tiny_folder, tmp_path):
+    """At initialisation the teacher is a copy of the student, so both score the same; later they can differ,
+    and the student's number must be the k-NN of the student's own backbone."""
+    from dino_tutorial.train import knn_evaluate
+    from dino_tutorial.model import build_backbone
+    config = tiny_config(tiny_folder, tmp_path / "run", knn_student=True, epochs=1, warmup_epochs=0)
+    train(config)
+    records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert records[0]["knn_student_top1"] == records[0]["knn_top1"]
+    assert records[0]["knn_student_top5"] == records[0]["knn_top5"]
+    backbone, _ = build_backbone(config.arch)
+    student = ckpt.load(tmp_path / "run" / "checkpoint.pth")["student"]
+    backbone.load_state_dict({k[len("backbone."):]: v for k, v in student.items() if k.startswith("backbone.")})
+    top1, top5 = knn_evaluate(backbone, config, torch.device("cpu"))
+    assert (records[-1]["knn_student_top1"], records[-1]["knn_student_top5"]) == (top1, top5)
+
+
 @pytest.mark.slow
 def test_resuming_after_a_kill_gives_the_same_parameters_as_an_uninterrupted_run(tiny_folder, tmp_path, monkeypatch):
     train(tiny_config(tiny_folder, tmp_path / "straight", knn_every=0))
