@@ -370,8 +370,9 @@ plt.show()
 # Fig. 6 (left) of the paper follows the k-NN accuracy of the teacher and of the student through a full
 # training run, and the teacher is ahead all along. This section runs the same comparison at the scale of a
 # laptop: a short DINO run on real photographs, with a k-NN evaluation of *both* backbones every few
-# iterations. The package's `train()` evaluates only the teacher, once per epoch, so the loop is written out
-# here from the package's pieces. It is the whole algorithm (the paper's Algorithm 1) in a dozen lines:
+# iterations. The package's `train()` evaluates every few epochs (the student too with `knn_student=True`,
+# used at the end of this section), so for evaluations every few iterations the loop is written out here from
+# the package's pieces. It is the whole algorithm (the paper's Algorithm 1) in a dozen lines:
 # views in, teacher forward without gradients, student forward, loss, backward, clipping, optimizer step, EMA.
 #
 # The scale is small to fit in about a minute and a half on a CPU: a ResNet-18 instead of a ResNet-50, global
