@@ -28,7 +28,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -39,7 +39,7 @@ from torch.utils.data import DataLoader, Dataset  # noqa: E402
 
 from common import machine  # noqa: E402
 from train_step import (IMAGENET_TRAIN_IMAGES, Variant, add_step_arguments, duration, make_step,  # noqa: E402
-                        settle_step_arguments, sync, table)
+                        settle_step_arguments, sync, table_header, table_row)
 from dino_tutorial.augment import MultiCropAugmentation  # noqa: E402
 from dino_tutorial.data import IMAGE_EXTENSIONS, collate_views, load_rgb, resolve_data_root  # noqa: E402
 from dino_tutorial.device_augment import DeviceMultiCropAugmentation, EncodedBatch, collate_encoded  # noqa: E402
@@ -175,20 +175,18 @@ def main(argv=None) -> None:
               f"worker(s); {args.warmup} warm-up + {args.steps} measured steps per pipeline on {device.type}\n")
         flops = step_flops_per_image(args, device)
         peak = peak_flops(device)
-        rows, reference = [], None
-        results: Dict[str, float] = {}
+        reference = None
+        print(table_header(["pipeline", "data path alone, images/s", "JPEG to step, images/s", "speed-up",
+                            "model FLOPs utilisation", "100 ImageNet epochs, 1 device", "8 devices (linear scaling)"]),
+              flush=True)
         for name in names:
             data_rate = pipeline(name, args, device, paths, model=False)
             rate = pipeline(name, args, device, paths, model=True)
-            results[name] = rate
             reference = reference or rate
             mfu = f"{100 * rate * flops / peak:.1f}%" if peak else "n/a"
             epochs = 100 * IMAGENET_TRAIN_IMAGES
-            rows.append([name, f"{data_rate:.1f}", f"{rate:.1f}", f"{rate / reference:.2f}x", mfu,
-                         duration(epochs / rate), duration(epochs / (8 * rate))])
-            print(f"  measured {name}", file=sys.stderr, flush=True)
-        print(table(["pipeline", "data path alone, images/s", "JPEG to step, images/s", "speed-up",
-                     "model FLOPs utilisation", "100 ImageNet epochs, 1 device", "8 devices (linear scaling)"], rows))
+            print(table_row([name, f"{data_rate:.1f}", f"{rate:.1f}", f"{rate / reference:.2f}x", mfu,
+                             duration(epochs / rate), duration(epochs / (8 * rate))]), flush=True)
         print(f"\nOne step costs {flops / 1e9:.1f} GFLOP per image (forward + backward of the student on all crops, "
               f"forward of the teacher on the global crops)"
               + (f"; peak dense bf16 of this GPU: {peak / 1e12:.0f} TFLOP/s." if peak else "."))

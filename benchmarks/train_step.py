@@ -228,10 +228,17 @@ def duration(seconds: float) -> str:
     return f"{days:.1f} days" if days >= 1 else f"{seconds / 3600:.1f} h"
 
 
-def table(header: List[str], rows: List[List[str]]) -> str:
+def table_header(header: List[str]) -> str:
     rule = "|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|"
-    lines = ["| " + " | ".join(header) + " |", rule]
-    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+    return "| " + " | ".join(header) + " |\n" + rule
+
+
+def table_row(row: List[str]) -> str:
+    return "| " + " | ".join(row) + " |"
+
+
+def table(header: List[str], rows: List[List[str]]) -> str:
+    return "\n".join([table_header(header)] + [table_row(r) for r in rows])
 
 
 def add_step_arguments(parser: argparse.ArgumentParser, steps_cpu: int, steps_cuda: int) -> None:
@@ -274,7 +281,11 @@ def main(argv=None) -> None:
     print(f"Step: {args.arch} + DINO head (out_dim {args.out_dim}), batch {args.batch}, crops 2 x {args.global_size} "
           f"+ {args.local_crops} x {args.local_size}, SGD, clipping 3.0, EMA; {args.warmup} warm-up and {args.steps} "
           f"measured step(s) per variant on {device.type}\n")
-    rows = []
+    memory = "GPU MiB" if on_gpu else "RSS MiB"
+    rate = "images/s" if on_gpu else f"images/s per core ({torch.get_num_threads()} thread, CPU time)"
+    # rows are printed as they are measured, so that a run stopped early (a slow compile) keeps what it measured
+    print(table_header(["variant", "s/step (wall)", "CPU s/step", rate, "speed-up", "100 ImageNet epochs at this rate",
+                        f"peak {memory}", f"step peak above start, {memory}"]), flush=True)
     chosen = [v for v in variants(device, compile_) if args.only is None or args.only in v.name]
     reference_time: Optional[float] = None
     for v in chosen:
@@ -285,14 +296,9 @@ def main(argv=None) -> None:
         seconds = r["wall"] if on_gpu else r["cpu"]
         reference_time = reference_time or seconds
         images_per_s = args.batch / seconds
-        rows.append([v.name, f"{r['wall']:.2f}", f"{r['cpu']:.2f}", f"{images_per_s:.2f}",
-                     f"{reference_time / seconds:.2f}x", duration(100 * IMAGENET_TRAIN_IMAGES / images_per_s),
-                     f"{r['peak']:.0f}", f"{r['above']:.0f}"])
-        print(f"  measured {v.name}", file=sys.stderr, flush=True)
-    memory = "GPU MiB" if on_gpu else "RSS MiB"
-    rate = "images/s" if on_gpu else f"images/s per core ({torch.get_num_threads()} thread, CPU time)"
-    print(table(["variant", "s/step (wall)", "CPU s/step", rate, "speed-up", "100 ImageNet epochs at this rate",
-                 f"peak {memory}", f"step peak above start, {memory}"], rows))
+        print(table_row([v.name, f"{r['wall']:.2f}", f"{r['cpu']:.2f}", f"{images_per_s:.2f}",
+                         f"{reference_time / seconds:.2f}x", duration(100 * IMAGENET_TRAIN_IMAGES / images_per_s),
+                         f"{r['peak']:.0f}", f"{r['above']:.0f}"]), flush=True)
     print("\n" + table(["operation", "Python loop ms", "fused (foreach) ms", "ratio"], loops_vs_foreach(args, device)))
 
 
