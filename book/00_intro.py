@@ -87,9 +87,6 @@
 # global views (blue, orange) cover most of the image, the local views (green) small parts of it.
 
 # %% tags=["hide-input"]
-import os
-from pathlib import Path
-
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch, Rectangle

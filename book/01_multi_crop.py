@@ -62,18 +62,10 @@ from dino_tutorial.augment import (IMAGENET_MEAN, IMAGENET_STD,
                                    MultiCropAugmentation, RandomGaussianBlur,
                                    RandomSolarize, denormalize)
 from dino_tutorial.data import load_rgb, resolve_data_root, sample_image_paths
-from dino_tutorial.train import default_device, set_seed
+from dino_tutorial.notebook import glue, setup
+from dino_tutorial.train import set_seed
 
-try:
-    from myst_nb import glue  # numbers quoted in the book's text come from cells
-except ImportError:  # outside the book's toolchain (in Colab): nothing to glue
-
-    def glue(name, value, display=True):
-        pass
-
-plt.rcParams.update({"figure.dpi": 100, "axes.titlesize": 10, "axes.labelsize": 10})
-set_seed(0)
-DEVICE = default_device()  # unused here: decoding and augmenting run on the CPU
+DEVICE = setup(seed=0)  # unused here: decoding and augmenting run on the CPU
 
 
 def show(view: torch.Tensor) -> np.ndarray:

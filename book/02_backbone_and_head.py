@@ -58,17 +58,10 @@ from torch import nn
 from dino_tutorial.augment import MultiCropAugmentation, denormalize, eval_transform
 from dino_tutorial.data import load_rgb, resolve_data_root, sample_image_paths
 from dino_tutorial.model import DINOHead, MultiCropWrapper, build_backbone
-from dino_tutorial.train import default_device, set_seed
+from dino_tutorial.notebook import glue, setup
+from dino_tutorial.train import set_seed
 
-try:
-    from myst_nb import glue  # numbers quoted in the book's text come from the cells
-except ImportError:  # outside the book's toolchain (e.g. in Colab) there is nothing to glue into
-    def glue(name, value, display=True):
-        pass
-
-plt.rcParams.update({"figure.dpi": 100, "axes.titlesize": 10, "axes.labelsize": 10, "font.size": 10})
-set_seed(0)
-DEVICE = default_device()
+DEVICE = setup(seed=0)
 print(f"device: {DEVICE}")
 
 

@@ -66,17 +66,10 @@ from dino_tutorial.model import DINOHead, MultiCropWrapper, build_backbone
 from dino_tutorial.optim import clip_gradients, param_groups
 from dino_tutorial.schedules import cosine_schedule
 from dino_tutorial.teacher import ema_update, make_teacher
-from dino_tutorial.train import default_device, set_seed
+from dino_tutorial.notebook import glue, setup
+from dino_tutorial.train import set_seed
 
-try:
-    from myst_nb import glue  # numbers quoted in the book's text come from the cells
-except ImportError:  # outside the book's toolchain (e.g. in Colab) there is nothing to glue into
-    def glue(name, value, display=True):
-        pass
-
-plt.rcParams.update({"figure.dpi": 100, "axes.titlesize": 10, "axes.labelsize": 10, "font.size": 10})
-set_seed(0)
-DEVICE = default_device()
+DEVICE = setup(seed=0)
 print(f"device: {DEVICE}")
 
 # %% tags=["hide-input"]

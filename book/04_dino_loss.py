@@ -63,20 +63,10 @@ from dino_tutorial.data import imagenette, resolve_data_root
 from dino_tutorial.loss import DINOLoss, collapse_stats
 from dino_tutorial.model import DINOHead, MultiCropWrapper, build_backbone
 from dino_tutorial.teacher import ema_update, make_teacher
-from dino_tutorial.train import default_device, set_seed
+from dino_tutorial.notebook import glue, setup
+from dino_tutorial.train import set_seed
 
-try:
-    from myst_nb import glue  # numbers quoted in the book's text come from the cells
-except ImportError:  # outside the book's toolchain (e.g. in Colab) there is nothing to glue into
-    def glue(name, value, display=True):
-        pass
-
-plt.rcParams.update({"figure.dpi": 100, "axes.titlesize": 10, "axes.labelsize": 10, "font.size": 10})
-set_seed(0)
-DEVICE = default_device()
-if DEVICE.type == "cpu" and (os.cpu_count() or 1) <= 2:
-    # Small images on a CPU with two cores or fewer: one thread is faster than two that wait for each other.
-    torch.set_num_threads(1)
+DEVICE = setup(seed=0, one_thread_on_small_cpu=True)
 QUIET = os.environ.get("TQDM_DISABLE", "") not in ("", "0")  # progress bars off in CI
 
 

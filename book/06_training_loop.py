@@ -67,18 +67,10 @@ from dino_tutorial.model import DINOHead, MultiCropWrapper, build_backbone
 from dino_tutorial.optim import cancel_last_layer_gradients, clip_gradients
 from dino_tutorial.schedules import cosine_schedule
 from dino_tutorial.teacher import ema_update, make_teacher
-from dino_tutorial.train import TrainConfig, Trainer, default_device, set_seed, train
+from dino_tutorial.notebook import glue, setup
+from dino_tutorial.train import TrainConfig, Trainer, set_seed, train
 
-try:
-    from myst_nb import glue  # numbers quoted in the book's text come from cells
-except ImportError:  # outside the book's toolchain (in Colab): nothing to glue
-
-    def glue(name, value, display=True):
-        pass
-
-plt.rcParams.update({"figure.dpi": 100, "axes.titlesize": 10, "axes.labelsize": 10})
-set_seed(0)
-DEVICE = default_device()
+DEVICE = setup(seed=0)
 WORK_DIR = Path(tempfile.mkdtemp(prefix="dino06_"))  # the runs of this chapter write here
 
 # %% tags=["hide-input"]

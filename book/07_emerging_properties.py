@@ -65,25 +65,15 @@ from dino_tutorial.data import (IMAGENETTE_CLASSES, imagenette, imagenette_root,
                                 resolve_data_root, sample_image_paths)
 from dino_tutorial.knn import knn_classify
 from dino_tutorial.model import build_backbone
-from dino_tutorial.train import TrainConfig, default_device, set_seed
+from dino_tutorial.notebook import glue, setup
+from dino_tutorial.train import TrainConfig, set_seed
 
-try:
-    from myst_nb import glue  # numbers quoted in the book's text come from the cells
-except ImportError:  # outside the book's toolchain (e.g. in Colab) there is nothing to glue into
-    def glue(name, value, display=True):
-        pass
-
-plt.rcParams.update({"figure.dpi": 100, "axes.titlesize": 9, "axes.labelsize": 10, "font.size": 9})
 try:  # the figures are mostly photographs: JPEG keeps the notebook a fraction of the size PNG would
     from matplotlib_inline.backend_inline import set_matplotlib_formats
     set_matplotlib_formats("jpeg", pil_kwargs={"quality": 90})
 except ImportError:
     pass
-set_seed(0)
-DEVICE = default_device()
-if DEVICE.type == "cpu" and (os.cpu_count() or 1) <= 2:
-    # Small networks on a CPU with two cores or fewer: one thread is faster than two that wait for each other.
-    torch.set_num_threads(1)
+DEVICE = setup(seed=0, font_size=9, one_thread_on_small_cpu=True)
 
 
 def as_image(tensor: torch.Tensor) -> np.ndarray:

@@ -120,14 +120,8 @@ from dino_tutorial.knn import extract_features, knn_classify
 from dino_tutorial.linear import linear_evaluate
 from dino_tutorial.model import build_backbone
 from dino_tutorial.schedules import cosine_schedule
+from dino_tutorial.notebook import glue
 from dino_tutorial.train import PRESETS, TrainConfig, train
-
-try:
-    from myst_nb import glue  # numbers quoted in the book's text come from cells
-except ImportError:  # outside the book's toolchain (in Colab): nothing to glue
-
-    def glue(name, value, display=True):
-        pass
 
 plt.rcParams.update({"figure.dpi": 100, "axes.titlesize": 10, "axes.labelsize": 10})
 NOTEBOOK_START = time.time()

@@ -48,12 +48,7 @@ import matplotlib.pyplot as plt
 import nbformat
 from IPython.display import Markdown, display
 
-try:
-    from myst_nb import glue  # numbers quoted in the book's text come from cells
-except ImportError:  # outside the book's toolchain (in Colab): nothing to glue
-
-    def glue(name, value, display=True):
-        pass
+from dino_tutorial.notebook import glue
 
 plt.rcParams.update({"figure.dpi": 100, "axes.titlesize": 10, "axes.labelsize": 10})
 NOT_MADE = "not made"

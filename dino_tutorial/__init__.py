@@ -5,6 +5,7 @@ Modules, in the order of the course: ``augment`` (multi-crop), ``model`` (backbo
 wrapper), ``teacher`` (EMA teacher), ``loss`` (the DINO loss), ``schedules``, ``knn`` (evaluation),
 ``linear`` (linear evaluation), ``optim`` (parameter groups, clipping, LARS), ``config`` (every setting
 of a run and the presets), ``train`` (the trainer), ``checkpoint`` and ``data``; the faster multi-crop
-paths ``fast_augment`` (uint8 views on the CPU) and ``device_augment`` (batched views on the training device).
+paths ``fast_augment`` (uint8 views on the CPU) and ``device_augment`` (batched views on the training device);
+``notebook`` holds the chapters' shared setup.
 """
 __version__ = "0.1.0"

@@ -1,0 +1,45 @@
+"""What every chapter of the course does before its first section: figure style, seeds, device, glued numbers.
+
+The chapters are notebooks that must also run on their own in Colab, so each keeps its own install cell and
+its own imports; the rest of the setup is here, once:
+
+    from dino_tutorial.notebook import glue, setup
+    DEVICE = setup(seed=0)
+
+``glue`` records a value under a name so that the rendered book can quote it in the text (MyST-NB's
+``{glue:text}`` role); outside the book's toolchain (in Colab, say) it does nothing.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+from .train import default_device, set_seed
+
+
+def glue(name: str, value, display: bool = True) -> None:
+    """MyST-NB's ``glue`` when it is installed (numbers quoted in the book's text come from the cells)."""
+    try:
+        from myst_nb import glue as myst_glue
+    except ImportError:
+        return
+    myst_glue(name, value, display=display)
+
+
+def setup(seed: int = 0, font_size: float = 10, label_size: float = 10,
+          one_thread_on_small_cpu: bool = False) -> torch.device:
+    """Set the figure style and every seed; return the device the chapter computes on (CUDA when present).
+
+    ``one_thread_on_small_cpu``: on a CPU with two cores or fewer, use one thread; the chapters' small images
+    make two threads wait for each other more than they help.
+    """
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update({"figure.dpi": 100, "axes.titlesize": font_size, "axes.labelsize": label_size,
+                         "font.size": font_size})
+    set_seed(seed)
+    device = default_device()
+    if one_thread_on_small_cpu and device.type == "cpu" and (os.cpu_count() or 1) <= 2:
+        torch.set_num_threads(1)
+    return device
