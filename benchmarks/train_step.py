@@ -137,7 +137,7 @@ def make_step(v: Variant, args, device: torch.device) -> Callable[[List[torch.Te
             with torch.no_grad():
                 teacher_out = teacher_fn(crops[:2])
             student_out = student_fn(crops)
-            loss = loss_fn(student_out, teacher_out, 1)
+        loss = loss_fn(student_out.float(), teacher_out.float(), 1)          # in fp32, as the trainer does
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.unscale_(optimizer)

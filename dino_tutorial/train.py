@@ -174,6 +174,37 @@ def _amp_dtype(config: TrainConfig, device: torch.device) -> Optional[torch.dtyp
     return torch.bfloat16
 
 
+@torch.no_grad()
+def _check_cpu_bf16_convolutions(backbone: nn.Module, sizes) -> None:
+    """Refuse bf16 autocast on the CPU where it computes wrong gradients.
+
+    With PyTorch's CPU kernels, a strided 3 x 3 convolution whose input map is 1 x 1 returns garbage weight
+    gradients under bf16 autocast (values up to 1e35, different from run to run; fp32 is right). In a ResNet
+    that happens in the last stage for crops under 32 px. The shapes are found by running the backbone once.
+    """
+    tiny = []
+
+    def record(module, inputs):
+        if module.stride != (1, 1) and module.kernel_size != (1, 1) and min(inputs[0].shape[-2:]) == 1:
+            tiny.append(module)
+
+    hooks = [m.register_forward_pre_hook(record) for m in backbone.modules() if isinstance(m, nn.Conv2d)]
+    was_training = backbone.training
+    try:
+        backbone.eval()
+        for size in sizes:
+            tiny.clear()
+            backbone(torch.zeros(1, 3, size, size))
+            if tiny:
+                raise ValueError(f"amp=bf16 on the CPU computes wrong gradients for {size} px crops: a strided "
+                                 f"convolution of this backbone then sees a 1 x 1 map, where PyTorch's CPU bf16 "
+                                 f"kernels return garbage; use amp=none, or crops of at least 32 px")
+    finally:
+        backbone.train(was_training)
+        for hook in hooks:
+            hook.remove()
+
+
 class Lookahead:
     """Iterates over a loader's (crops, labels, skipped) batches, turning encoded batches into views on the
     device with ``make_views``; ``prefetch()`` prepares the next batch early (the trainer calls it while a
@@ -264,6 +295,8 @@ class Trainer:
                                   c.warmup_teacher_temp_epochs, c.epochs, c.student_temp, c.center_momentum).to(device)
         self.optimizer = build_optimizer(c.optimizer, self.student)
         self.amp_dtype = _amp_dtype(c, device)
+        if self.amp_dtype == torch.bfloat16 and device.type == "cpu":
+            _check_cpu_bf16_convolutions(backbone, sorted({c.global_size, c.local_size}))
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
 
     def _build_schedules(self) -> None:
@@ -430,9 +463,12 @@ class Trainer:
             with torch.no_grad():
                 teacher_out = self.teacher_fn(crops[:2])
             student_out = self.student_fn(crops)
-            stats = collapse_stats(student_out, teacher_out, self.dino_loss.center,
-                                   self.dino_loss.teacher_temp(epoch), c.student_temp)
-            loss = self.dino_loss(student_out, teacher_out, epoch)
+        # The softmaxes, the cross-entropy and the centre in fp32: autocast runs softmax in fp32 on CUDA but
+        # leaves it in bf16 on the CPU, which moves the loss by a few percent.
+        student_out, teacher_out = student_out.float(), teacher_out.float()
+        stats = collapse_stats(student_out, teacher_out, self.dino_loss.center, self.dino_loss.teacher_temp(epoch),
+                               c.student_temp)
+        loss = self.dino_loss(student_out, teacher_out, epoch)
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"loss is {loss.item()} at epoch {epoch + 1}, iteration {i + 1}: likely causes are fp16 overflow "
