@@ -33,6 +33,12 @@ def tiny_folder(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
+def folder_80px(tmp_path: Path) -> Path:
+    """Like tiny_folder, with 80 px images (room for 64 px crops) and 12 per class."""
+    return make_image_folder(tmp_path / "images80", size=80, per_class=12)
+
+
+@pytest.fixture
 def photo() -> Image.Image:
     """A real photograph when the shared data is present, else a synthetic 300x200 image."""
     samples = SHARED_DATA / "imagenet-samples"

@@ -18,7 +18,6 @@ from dino_tutorial.model import DINOHead, MultiCropWrapper, build_backbone
 from dino_tutorial.optim import clip_gradients
 from dino_tutorial.teacher import ema_update, make_teacher
 from dino_tutorial.train import Trainer
-from conftest import make_image_folder
 from test_train import tiny_config
 
 
@@ -96,17 +95,16 @@ def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     return torch.nn.functional.cosine_similarity(a.flatten().double(), b.flatten().double(), dim=0).item()
 
 
-def test_the_trainers_bf16_step_gives_the_fp32_steps_loss_and_gradients(tmp_path):
+def test_the_trainers_bf16_step_gives_the_fp32_steps_loss_and_gradients(folder_80px, tmp_path):
     """Two trainers with the same seed (same initial weights), one fp32 and one bf16 autocast, make one step
     on the same uint8 crops (64 and 32 px: see the next test for smaller ones). bf16 keeps 8 significant bits,
     so the two agree to a few percent, not to fp32 rounding. Calibration, measured on this model: merely rounding
     the fp32 step's inputs to bf16 moves its loss by 1.7% and leaves a gradient cosine of 0.98; bf16 autocast
     rounds every layer, and at batch 4-16 its gradients keep a cosine of 0.89-0.92 and their norm within 3%."""
     crops = uint8_crops(batch=16)
-    folder = make_image_folder(tmp_path / "images", size=80, per_class=12)
     steps = {}
     for amp in ("none", "bf16"):
-        config = tiny_config(folder, tmp_path / amp, amp=amp, knn_every=0, epochs=1, warmup_epochs=0,
+        config = tiny_config(folder_80px, tmp_path / amp, amp=amp, knn_every=0, epochs=1, warmup_epochs=0,
                              clip_grad=0.0, freeze_last_layer=0, global_size=64, local_size=32, batch_size_per_gpu=16)
         trainer = Trainer(config)
         loss, _ = trainer.train_step([x.clone() for x in crops], epoch=0, it=0, i=0)
