@@ -51,3 +51,21 @@ def reset_peak_rss() -> bool:
         return True
     except OSError:
         return False
+
+
+def start_peak_memory(device: torch.device) -> float:
+    """Start measuring peak memory; returns what is in use now, in MiB (CUDA: allocated; CPU: resident)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        return torch.cuda.memory_allocated(device) / 2 ** 20
+    reset_peak_rss()
+    return memory_mib().get("VmRSS", float("nan"))
+
+
+def peak_memory(device: torch.device) -> float:
+    """The peak since ``start_peak_memory``, in MiB (subtract its return value for the extra memory)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2 ** 20
+    return memory_mib().get("VmHWM", float("nan"))
+

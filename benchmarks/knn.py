@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from common import machine, memory_mib, reset_peak_rss  # noqa: E402
+from common import machine, peak_memory, start_peak_memory  # noqa: E402
 from dino_tutorial.knn import knn_classify  # noqa: E402
 
 CPU_SCALES = ["10000x1000", "30000x3000", "100000x10000"]
@@ -45,22 +45,13 @@ def measure(n_train: int, n_queries: int, dim: int, classes: int, device: torch.
     train_labels = torch.randint(0, classes, (n_train,), device=device, generator=generator)
     query_labels = torch.randint(0, classes, (n_queries,), device=device, generator=generator)
     gc.collect()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        before = torch.cuda.memory_allocated(device)
-    else:
-        reset_peak_rss()
-        before = memory_mib().get("VmRSS", float("nan"))
+    before = start_peak_memory(device)
     wall, cpu = time.perf_counter(), time.process_time()
     knn_classify(train, train_labels, queries, query_labels, k=k, T=0.07, num_classes=classes)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    if device.type == "cuda":
-        extra = (torch.cuda.max_memory_allocated(device) - before) / 2 ** 20
-    else:
-        extra = memory_mib().get("VmHWM", float("nan")) - before
+    extra = peak_memory(device) - before
     bank = (train.numel() + queries.numel()) * 4 / 2 ** 20
     del train, queries
     return {"wall": wall, "cpu": cpu, "extra": extra, "bank": bank,

@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from common import machine, memory_mib, reset_peak_rss  # noqa: E402
+from common import machine, peak_memory, start_peak_memory  # noqa: E402
 from dino_tutorial.fast_augment import normalize_uint8  # noqa: E402
 from dino_tutorial.loss import DINOLoss  # noqa: E402
 from dino_tutorial.model import DINOHead, MultiCropWrapper, build_backbone  # noqa: E402
@@ -170,23 +170,14 @@ def run_variant(v: Variant, args, device: torch.device) -> Dict[str, float]:
     sync(device)
     warmup_s = time.perf_counter() - warm_start
     gc.collect()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-    else:
-        reset_peak_rss()
-        base = memory_mib().get("VmRSS", float("nan"))
+    base = start_peak_memory(device)
     wall, cpu = time.perf_counter(), time.process_time()
     for _ in range(args.steps):
         step()
     sync(device)
     wall, cpu = (time.perf_counter() - wall) / args.steps, (time.process_time() - cpu) / args.steps
-    if device.type == "cuda":
-        peak, above = torch.cuda.max_memory_allocated(device) / 2 ** 20, (
-            torch.cuda.max_memory_allocated(device) - base) / 2 ** 20
-    else:
-        peak = memory_mib().get("VmHWM", float("nan"))
-        above = peak - base
+    peak = peak_memory(device)
+    above = peak - base
     return {"wall": wall, "cpu": cpu, "peak": peak, "above": above, "warmup": warmup_s / max(1, args.warmup)}
 
 
