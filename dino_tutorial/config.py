@@ -49,6 +49,7 @@ class TrainConfig:
     freeze_last_layer: int = 1
     # teacher and loss
     momentum_teacher: float = 0.996
+    momentum_teacher_end: float = 1.0    # the cosine ends here; equal to momentum_teacher keeps it fixed
     teacher_temp: float = 0.04
     warmup_teacher_temp: float = 0.04
     warmup_teacher_temp_epochs: int = 0
@@ -100,7 +101,7 @@ class TrainConfig:
         for name in ("lr", "teacher_temp", "warmup_teacher_temp", "student_temp", "knn_temperature"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        for name in ("momentum_teacher", "center_momentum"):
+        for name in ("momentum_teacher", "momentum_teacher_end", "center_momentum"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.warmup_epochs > self.epochs:

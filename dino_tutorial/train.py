@@ -305,7 +305,7 @@ class Trainer:
         self.lr_schedule = cosine_schedule(c.lr * self.total_batch / 256, c.min_lr, c.epochs, self.niter,
                                            c.warmup_epochs)
         self.wd_schedule = cosine_schedule(c.weight_decay, c.weight_decay_end, c.epochs, self.niter)
-        self.momentum_schedule = cosine_schedule(c.momentum_teacher, 1.0, c.epochs, self.niter)
+        self.momentum_schedule = cosine_schedule(c.momentum_teacher, c.momentum_teacher_end, c.epochs, self.niter)
 
     # ---- checkpoints and logs
     def save_checkpoint(self, epochs_done: int, iteration: int, partial_sums: Dict[str, float]) -> None:
