@@ -39,10 +39,10 @@ def extract_features(model: nn.Module, loader: Iterable, device: torch.device | 
 
 
 @torch.no_grad()
-def knn_classify(train_features: torch.Tensor, train_labels: torch.Tensor, test_features: torch.Tensor,
-                 test_labels: torch.Tensor, k: int = 20, T: float = 0.07, num_classes: Optional[int] = None,
-                 max_chunk_elements: int = 2 ** 26) -> Tuple[float, float]:
-    """Top-1 and top-5 accuracy (percent) of the weighted k-NN classifier.
+def knn_hits(train_features: torch.Tensor, train_labels: torch.Tensor, test_features: torch.Tensor,
+             test_labels: torch.Tensor, k: int = 20, T: float = 0.07, num_classes: Optional[int] = None,
+             max_chunk_elements: int = 2 ** 26) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Per test image, whether the weighted k-NN classifier is right: (top1 (M,) bool, top5 (M,) bool) on the CPU.
 
     train_features (N, D), train_labels (N,), test_features (M, D), test_labels (M,). Any M >= 1 works and
     k may exceed N (all training samples then vote). Test samples are processed in chunks so that the
@@ -68,7 +68,7 @@ def knn_classify(train_features: torch.Tensor, train_labels: torch.Tensor, test_
         num_classes = int(max(train_labels.max(), test_labels.max())) + 1
     k = min(k, len(train_features))
     chunk = max(1, min(len(test_features), max_chunk_elements // len(train_features)))
-    top1 = top5 = 0
+    top1, top5 = [], []
     for start in range(0, len(test_features), chunk):
         queries = F.normalize(test_features[start:start + chunk].to(device).float(), dim=1)
         similarity, index = (queries @ train_features.T).topk(k, dim=1)                 # (m, k)
@@ -77,7 +77,17 @@ def knn_classify(train_features: torch.Tensor, train_labels: torch.Tensor, test_
         best_votes, predictions = votes.topk(min(5, num_classes), dim=1)               # (m, 5)
         # a class counts only if it got a vote: zero-vote classes tie and their order would be arbitrary
         hits = (predictions == test_labels[start:start + chunk, None]) & (best_votes > 0)
-        top1 += hits[:, 0].sum().item()
-        top5 += hits.any(dim=1).sum().item()
-    n = len(test_features)
-    return 100.0 * top1 / n, 100.0 * top5 / n
+        top1.append(hits[:, 0].cpu())
+        top5.append(hits.any(dim=1).cpu())
+    return torch.cat(top1), torch.cat(top5)
+
+
+@torch.no_grad()
+def knn_classify(train_features: torch.Tensor, train_labels: torch.Tensor, test_features: torch.Tensor,
+                 test_labels: torch.Tensor, k: int = 20, T: float = 0.07, num_classes: Optional[int] = None,
+                 max_chunk_elements: int = 2 ** 26) -> Tuple[float, float]:
+    """Top-1 and top-5 accuracy (percent) of the weighted k-NN classifier (the mean of ``knn_hits``)."""
+    top1, top5 = knn_hits(train_features, train_labels, test_features, test_labels, k, T, num_classes,
+                          max_chunk_elements)
+    n = len(top1)
+    return 100.0 * int(top1.sum()) / n, 100.0 * int(top5.sum()) / n
