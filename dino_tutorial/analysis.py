@@ -13,12 +13,15 @@ ResNet-50 (one position per 32 x 32 pixel cell). This module reads that map in t
 - ``masked_mean``: a feature pooled over a mask only, to test what the mask holds.
 
 ``mask_iou`` scores a mask against another, ``upsample`` brings any map to the image's size, and ``densify``
-trades the ResNet's coarse 32-pixel grid for an 8- or 16-pixel one without retraining.
+trades the ResNet's coarse 32-pixel grid for an 8- or 16-pixel one without retraining. ``saliency_jaccard``
+scores the label-free masks against human masks of the salient object (the paper scores its attention maps
+by Jaccard similarity, Sec. 4.2.1), beside ``centred_ellipse``, the fixed prior that a mask must beat.
 """
 from __future__ import annotations
 
 import copy
-from typing import Optional, Tuple
+from pathlib import Path
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -207,3 +210,60 @@ def upsample(maps: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
         out = F.interpolate(x.float(), size=size, mode="bilinear", align_corners=False)
     out = out.permute(0, 2, 3, 1)
     return out[..., 0] if maps.ndim == 3 else out
+
+
+def centred_ellipse(h: int, w: int, fraction: float = 0.6) -> torch.Tensor:
+    """(h, w) bool: a centred ellipse whose axes are ``fraction`` of the height and width (the photographer's prior)."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    rows = ((torch.arange(h) + 0.5) / h - 0.5) / (fraction / 2)
+    cols = ((torch.arange(w) + 0.5) / w - 0.5) / (fraction / 2)
+    return rows[:, None] ** 2 + cols[None, :] ** 2 <= 1
+
+
+def saliency_pairs(folder) -> List[Tuple[Path, Path]]:
+    """(image, mask) paths of a salient-object set laid out as ``images/<name>.jpg`` and ``masks/<name>.png``."""
+    folder = Path(folder)
+    if not (folder / "images").is_dir() or not (folder / "masks").is_dir():
+        raise FileNotFoundError(f"{folder} has no images/ and masks/ folders: it is not a salient-object set "
+                                f"such as duts-te-500")
+    pairs = [(image, folder / "masks" / (image.stem + ".png")) for image in sorted((folder / "images").glob("*.jpg"))]
+    missing = [image.name for image, mask in pairs if not mask.is_file()]
+    if missing or not pairs:
+        raise FileNotFoundError(f"{folder}: {len(missing)} image(s) without a mask (first: {missing[:1]})"
+                                if missing else f"{folder}/images holds no .jpg images")
+    return pairs
+
+
+@torch.no_grad()
+def saliency_jaccard(backbone: Optional[nn.Module], folder, size: int = 128, method: str = "pca",
+                     batch_size: int = 50, limit: Optional[int] = None, **mask_options) -> torch.Tensor:
+    """Jaccard index of a label-free foreground mask with the human mask, per image: (M,) float.
+
+    Each image is resized to ``size`` x ``size``, its ``feature_map`` turned into a ``foreground_mask``
+    (``method`` and ``mask_options`` as there, the PCA over each batch of ``batch_size`` images), the mask
+    brought back to the image's own size with ``upsample`` and compared with the ground truth (foreground where
+    the mask's grey value is above 127). ``backbone=None`` scores ``centred_ellipse`` instead, the floor.
+    """
+    import numpy as np
+    from PIL import Image
+
+    from .augment import normalize
+
+    to_tensor = normalize()
+    pairs = saliency_pairs(folder)[:limit]
+    scores = []
+    if backbone is not None:
+        backbone.eval()
+    for start in range(0, len(pairs), batch_size):
+        batch = pairs[start:start + batch_size]
+        truths = [torch.from_numpy(np.asarray(Image.open(m).convert("L")) > 127) for _, m in batch]
+        if backbone is None:
+            predicted = [centred_ellipse(*t.shape) for t in truths]
+        else:
+            images = torch.stack([to_tensor(Image.open(i).convert("RGB").resize((size, size), Image.BICUBIC))
+                                  for i, _ in batch])
+            masks = foreground_mask(feature_map(backbone, images), method=method, **mask_options)
+            predicted = [upsample(m[None], tuple(t.shape))[0] for m, t in zip(masks, truths)]
+        scores += [mask_iou(p[None], t[None])[0] for p, t in zip(predicted, truths)]
+    return torch.stack(scores)

@@ -37,25 +37,36 @@ class Interval:
         return f"{self.top1:.1f}% [{self.low:.1f}, {self.high:.1f}]"
 
 
-def bootstrap_interval(hits: torch.Tensor, samples: int = 2000, level: float = 0.95, seed: int = 0) -> Interval:
-    """Percentile bootstrap over the query images of an accuracy: ``hits`` (M,) bool, one per query.
+def bootstrap_mean(values: torch.Tensor, samples: int = 2000, level: float = 0.95,
+                   seed: int = 0) -> Tuple[float, float, float]:
+    """(mean, low, high): a percentile bootstrap interval of the mean of ``values`` (M,), resampling its entries.
 
-    Each resample draws M queries with replacement; the interval holds the central ``level`` of the resampled
-    accuracies. It measures the noise of a finite test set, not the noise of training (that is what seeds are for).
+    Each resample draws M values with replacement; the interval holds the central ``level`` of the resampled
+    means. Over test images it measures the noise of a finite test set, not the noise of training (that is
+    what seeds are for).
     """
-    if hits.ndim != 1 or len(hits) == 0:
-        raise ValueError(f"hits must be a non-empty 1-d tensor of per-query results, got shape {tuple(hits.shape)}")
+    if values.ndim != 1 or len(values) == 0:
+        raise ValueError(f"values must be a non-empty 1-d tensor of per-image results, got shape "
+                         f"{tuple(values.shape)}")
     if not 0 < level < 1:
         raise ValueError(f"level must be in (0, 1), got {level}")
     if samples < 1:
         raise ValueError(f"samples must be >= 1, got {samples}")
     generator = torch.Generator().manual_seed(seed)
-    values = hits.float()
+    values = values.double()
     index = torch.randint(len(values), (samples, len(values)), generator=generator)
-    accuracies = 100.0 * values[index].mean(dim=1)
+    means = values[index].mean(dim=1)
     alpha = (1 - level) / 2
-    low, high = torch.quantile(accuracies, torch.tensor([alpha, 1 - alpha])).tolist()
-    return Interval(100.0 * values.mean().item(), low, high, level)
+    low, high = torch.quantile(means, torch.tensor([alpha, 1 - alpha], dtype=torch.float64)).tolist()
+    return values.mean().item(), low, high
+
+
+def bootstrap_interval(hits: torch.Tensor, samples: int = 2000, level: float = 0.95, seed: int = 0) -> Interval:
+    """An accuracy (percent) with its bootstrap interval over the query images: ``hits`` (M,) bool, one per query."""
+    if hits.ndim != 1 or len(hits) == 0:
+        raise ValueError(f"hits must be a non-empty 1-d tensor of per-query results, got shape {tuple(hits.shape)}")
+    mean, low, high = bootstrap_mean(hits.double(), samples, level, seed)
+    return Interval(100.0 * mean, 100.0 * low, 100.0 * high, level)
 
 
 def _loader(dataset, batch_size: int = 128, num_workers: int = 0) -> DataLoader:

@@ -1,8 +1,11 @@
 """Reading a ResNet's feature map (paper Sec. 4.2): checked on feature maps with a planted object and on
 hand-made masks, against numbers computed independently (NumPy's eigendecomposition, counting by hand)."""
+import math
+
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from dino_tutorial.analysis import (densify, feature_map, foreground_mask, mask_iou, masked_mean, pca_rgb,
                                     principal_components, saliency, upsample)
@@ -170,3 +173,42 @@ def test_unknown_method_and_orientation_are_refused():
         foreground_mask(maps, orient="largest")
     with pytest.raises(ValueError, match="centre"):
         principal_components(maps, centre="dataset")
+
+
+def test_centred_ellipse_covers_pi_ab_of_the_frame():
+    from dino_tutorial.analysis import centred_ellipse
+    mask = centred_ellipse(300, 400, fraction=0.6)
+    # semi-axes 0.3 of each side: area pi * 0.3 * 0.3 = 0.2827 of the frame
+    assert mask.float().mean().item() == pytest.approx(math.pi * 0.09, rel=0.01)
+    assert mask[150, 200] and not mask[0, 0] and not mask[150, 30]
+
+
+def _saliency_folder(root, masks):
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    rng = np.random.default_rng(0)
+    for i, mask in enumerate(masks):
+        Image.fromarray(rng.integers(0, 255, (*mask.shape, 3), dtype=np.uint8)).save(root / "images" / f"{i}.jpg")
+        Image.fromarray(mask.astype(np.uint8) * 255).save(root / "masks" / f"{i}.png")
+    return root
+
+
+def test_saliency_jaccard_of_the_prior_is_one_on_its_own_masks_and_zero_on_the_complement(tmp_path):
+    from dino_tutorial.analysis import centred_ellipse, saliency_jaccard
+    ellipse = centred_ellipse(60, 80).numpy()
+    folder = _saliency_folder(tmp_path / "set", [ellipse, ~ellipse])
+    assert saliency_jaccard(None, folder).tolist() == pytest.approx([1.0, 0.0])
+
+
+def test_saliency_jaccard_scores_a_network_mask_per_image(tmp_path):
+    from dino_tutorial.analysis import saliency_jaccard
+    folder = _saliency_folder(tmp_path / "set", [np.ones((40, 40), bool), np.zeros((40, 40), bool)] * 2)
+    backbone, _ = build_backbone("resnet18_w16")
+    scores = saliency_jaccard(backbone, folder, size=64, method="norm", batch_size=3)
+    assert scores.shape == (4,) and bool(((scores >= 0) & (scores <= 1)).all())
+
+
+def test_saliency_pairs_name_a_folder_that_is_not_a_saliency_set(tmp_path):
+    from dino_tutorial.analysis import saliency_pairs
+    with pytest.raises(FileNotFoundError, match="no images/ and masks/"):
+        saliency_pairs(tmp_path)
