@@ -7,6 +7,7 @@ to ``K`` output dimensions (K = 65536). The backbone features are what k-NN and 
 """
 from __future__ import annotations
 
+import math
 from typing import List, Sequence, Tuple, Union
 
 import torch
@@ -62,12 +63,18 @@ class WeightNormLinear(nn.Module):
 
     With ``fix_norm=True`` the gain ``g`` stays at 1: each output is then a cosine similarity between the
     (L2-normalised) input and a unit "prototype" vector, bounded in [-1, 1].
+
+    ``v`` starts as ``nn.Linear``'s default weight, uniform in [-1/sqrt(in_dim), 1/sqrt(in_dim)] (row norm about
+    sqrt(1/3) = 0.58), as in the authors' head, whose last layer is created after the std-0.02 initialisation of
+    the MLP. The length of ``v`` matters although the forward pass ignores it: an SGD step turns a row's
+    direction by an angle proportional to ``1 / ||v||^2``.
     """
 
     def __init__(self, in_dim: int, out_dim: int, fix_norm: bool = True):
         super().__init__()
         self.weight_v = nn.Parameter(torch.empty(out_dim, in_dim))
-        nn.init.trunc_normal_(self.weight_v, std=0.02)
+        bound = 1.0 / math.sqrt(in_dim)
+        nn.init.uniform_(self.weight_v, -bound, bound)      # nn.Linear's default (kaiming_uniform_, a=sqrt(5))
         self.weight_g = nn.Parameter(torch.ones(out_dim, 1), requires_grad=not fix_norm)
 
     @property

@@ -1,4 +1,6 @@
 """Backbone, head and multi-crop wrapper (paper Sec. 3.1, "Network architecture")."""
+import math
+
 import pytest
 import torch
 
@@ -96,3 +98,105 @@ def test_narrow_resnet18_keeps_the_layout_with_a_fraction_of_the_width():
     n_narrow = sum(p.numel() for p in narrow.parameters())
     n_full = sum(p.numel() for p in full.parameters())
     assert 1 / 20 < n_narrow / n_full < 1 / 12           # conv weights scale with width squared
+
+
+def test_head_hidden_layers_use_gelu_in_the_authors_order():
+    """Linear -> GELU -> Linear -> GELU -> Linear, checked against a float64 forward with GELU written from erf."""
+    torch.manual_seed(0)
+    head = DINOHead(6, out_dim=5, hidden_dim=7, bottleneck_dim=4).double()
+    with torch.no_grad():
+        for module in head.mlp:
+            if isinstance(module, torch.nn.Linear):
+                module.weight.normal_()                   # O(1) pre-activations, where GELU and ReLU differ
+                module.bias.normal_()
+    x = torch.randn(3, 6, dtype=torch.float64)
+    linears = [m for m in head.mlp if isinstance(m, torch.nn.Linear)]
+    h = x
+    for i, layer in enumerate(linears):
+        h = h @ layer.weight.detach().T + layer.bias.detach()
+        if i < len(linears) - 1:
+            h = 0.5 * h * (1 + torch.special.erf(h / math.sqrt(2)))
+    with torch.no_grad():
+        torch.testing.assert_close(head.mlp(x), h)
+
+
+def test_bottleneck_is_l2_normalised_before_the_last_layer():
+    """With the identity as prototypes, the logits are the bottleneck divided by its norm."""
+    torch.manual_seed(0)
+    head = DINOHead(10, out_dim=8, hidden_dim=12, bottleneck_dim=8)
+    with torch.no_grad():
+        head.last_layer.weight_v.copy_(torch.eye(8) * 3.0)
+        x = torch.randn(5, 10)
+        z = head.mlp(x)
+        expected = z / z.norm(dim=1, keepdim=True)
+        torch.testing.assert_close(head(x), expected)
+        torch.testing.assert_close(head(x).norm(dim=1), torch.ones(5))
+    assert z.norm(dim=1).max() < 0.5                     # so an un-normalised head would give other logits
+
+
+def test_mlp_layers_start_from_truncated_normal_std_002_and_zero_bias():
+    torch.manual_seed(0)
+    head = DINOHead(512, out_dim=64, hidden_dim=1024, bottleneck_dim=256)
+    linears = [m for m in head.mlp if isinstance(m, torch.nn.Linear)]
+    assert len(linears) == 3
+    for layer in linears:
+        w = layer.weight.detach()
+        assert abs(w.std().item() - 0.02) < 0.0005 and abs(w.mean().item()) < 0.0005
+        assert w.abs().max() <= 2.0                       # trunc_normal_'s bounds are absolute: [-2, 2]
+        kurtosis = ((w - w.mean()) ** 4).mean() / w.var() ** 2
+        assert abs(kurtosis.item() - 3.0) < 0.1            # a normal (a uniform would give 1.8)
+        assert torch.equal(layer.bias.detach(), torch.zeros_like(layer.bias))
+
+
+def test_last_layer_starts_as_nn_linears_default_with_row_norm_sqrt_one_third():
+    """The authors create last_layer after the std-0.02 initialisation: v ~ U(-1/sqrt(d), 1/sqrt(d)), g = 1."""
+    torch.manual_seed(0)
+    d, k = 256, 4096
+    layer = DINOHead(64, out_dim=k, hidden_dim=32, bottleneck_dim=d).last_layer
+    v = layer.weight_v.detach().double()
+    bound = 1 / math.sqrt(d)                              # 0.0625
+    assert v.abs().max() <= bound and v.abs().max() > 0.999 * bound
+    # E ||v_k||^2 = d * bound^2 / 3 = 1/3: row norm about 0.577 (std-0.02 rows would be 0.32)
+    row_norms = v.norm(dim=1)
+    assert abs(row_norms.mean().item() - math.sqrt(1 / 3)) < 0.005
+    assert row_norms.std().item() < 0.02
+    # uniform entries: Kolmogorov-Smirnov distance to U(-bound, bound) over a million values
+    values = torch.sort(v.flatten()).values
+    n = len(values)
+    cdf = (values + bound) / (2 * bound)
+    ks = torch.maximum(torch.arange(1, n + 1) / n - cdf, cdf - torch.arange(n) / n).max().item()
+    assert ks < 1.63 / math.sqrt(n) * 1.5
+    assert torch.equal(layer.weight_g.detach(), torch.ones(k, 1)) and not layer.weight_g.requires_grad
+
+
+def test_first_sgd_step_turns_each_prototype_by_lr_times_projected_gradient_over_norm_squared():
+    """One SGD step on v moves the direction w = v / ||v|| by an angle of lr * ||(I - w w^T) dL/dw|| / ||v||^2
+    to first order: with the authors' initial norms (0.58) that is (0.58 / 0.32)^2 = 3.3x less than with
+    std-0.02 rows. Checked against the closed form in float64 and against PyTorch's own weight norm."""
+    torch.manual_seed(0)
+    d, k, lr = 256, 512, 1e-3
+    layer = DINOHead(16, out_dim=k, hidden_dim=16, bottleneck_dim=d).last_layer.double()
+    reference = torch.nn.utils.parametrizations.weight_norm(torch.nn.Linear(d, k, bias=False).double())
+    with torch.no_grad():
+        reference.parametrizations.weight.original0.fill_(1.0)
+        reference.parametrizations.weight.original1.copy_(layer.weight_v)
+    reference.parametrizations.weight.original0.requires_grad_(False)
+    u = torch.nn.functional.normalize(torch.randn(32, d, dtype=torch.float64), dim=1)
+    target = torch.randn(32, k, dtype=torch.float64)
+    v0 = layer.weight_v.detach().clone()
+    w0 = v0 / v0.norm(dim=1, keepdim=True)
+    # closed form: dL/dw for L = sum(target * u w^T) is target^T u; the angle is lr |P g| / |v|^2
+    g = target.T @ u
+    projected = g - (g * w0).sum(1, keepdim=True) * w0
+    expected = lr * projected.norm(dim=1) / v0.norm(dim=1) ** 2
+    angles = []
+    for module, params in ((layer, [layer.weight_v]), (reference, [reference.parametrizations.weight.original1])):
+        opt = torch.optim.SGD(params, lr=lr)
+        (target * module(u)).sum().backward()
+        opt.step()
+        v1 = params[0].detach()
+        cos = (v1 * v0).sum(1) / (v1.norm(dim=1) * v0.norm(dim=1))
+        angles.append(torch.arccos(cos.clamp(max=1.0)))
+    torch.testing.assert_close(angles[0], expected, rtol=2e-3, atol=0)
+    torch.testing.assert_close(angles[0], angles[1], rtol=1e-6, atol=1e-12)
+    assert abs(v0.norm(dim=1).mean().item() - 0.577) < 0.01
