@@ -77,3 +77,14 @@ def test_momentum_out_of_range_is_rejected():
     student = small_student()
     with pytest.raises(ValueError, match="teacher momentum must be in \\[0, 1\\], got 1.1"):
         ema_update(make_teacher(student), student, 1.1)
+
+
+def test_teacher_is_made_in_train_mode_like_the_student():
+    student = small_student().train()
+    teacher = make_teacher(student)
+    assert all(m.training for m in teacher.modules())
+    x = torch.randn(6, 3, 10, 10)
+    with torch.no_grad():
+        out = teacher.backbone(x)
+    assert not torch.equal(teacher.backbone[1].running_mean, torch.zeros(8))    # batch statistics were used
+    assert out.shape == (6, 8)
