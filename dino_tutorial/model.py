@@ -15,7 +15,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet18_w32", "resnet18_w16")
+BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet18_w32", "resnet18_w24", "resnet18_w16")
 
 
 def narrow_resnet18(width: int) -> torchvision.models.ResNet:
