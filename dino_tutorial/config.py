@@ -152,3 +152,7 @@ PRESETS: Dict[str, Dict] = {
                   weight_decay_end=0.1, momentum_teacher=0.99, teacher_temp=0.02, warmup_teacher_temp=0.02,
                   freeze_last_layer=0, knn_every=2, knn_image_size=64, num_workers=1),
 }
+# The course's reference run: the small preset on all of Imagenette (imagenette2-160, 9,469 training images),
+# with the uint8 data path (the same views, 2.5x faster per core), 24 epochs (3,552 iterations: about half an
+# hour on 2 CPU cores), and the student's k-NN logged beside the teacher's (chapter 03, paper Fig. 6).
+PRESETS["imagenette"] = dict(PRESETS["small"], augmentation="fast", epochs=24, knn_every=4, knn_student=True)
