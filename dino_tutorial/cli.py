@@ -7,6 +7,7 @@ The preset gives the defaults; flags override them. Booleans take true/false.
 from __future__ import annotations
 
 import argparse
+import sys
 import typing
 from dataclasses import fields
 from typing import List, Optional
@@ -50,5 +51,7 @@ def parse_config(argv: Optional[List[str]] = None) -> TrainConfig:
         config = TrainConfig.from_preset(preset, **overrides)
         config.validate()
     except (ValueError, FileNotFoundError) as err:
-        parser.error(str(err))
+        # One line, not argparse's usage dump: the flags were well formed, a value (a path, a range) is not.
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
     return config

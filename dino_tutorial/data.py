@@ -42,6 +42,40 @@ def resolve_data_root(path: Optional[str | os.PathLike] = None) -> Path:
     return Path("data")
 
 
+class DataRootError(FileNotFoundError):
+    """A data root without the expected data sets; the message is one line: what was found, what is needed."""
+
+
+DATA_SET_FOLDERS = IMAGENETTE_FOLDERS + ("imagenet-samples", "duts-te-500")
+
+
+def check_data_root(path: Optional[str | os.PathLike] = None, download: bool = True) -> Path:
+    """The data root (as ``resolve_data_root``), checked before anything reads from it.
+
+    Raises DataRootError, one line, when the root is itself a data set folder (``.../imagenette-mini``, a folder
+    with ``train/`` and ``val/``, or one of images only), when ``DINO_DATA`` names a folder that does not
+    exist, or, with ``download=False``, when it holds none of the data sets. A root without data is accepted
+    with ``download=True``: the chapters then fetch Imagenette into it.
+    """
+    root = resolve_data_root(path)
+    named = "the data path" if path is not None else ("DINO_DATA" if os.environ.get("DINO_DATA") else "data/")
+    needs = "a folder holding imagenette-mini/ or imagenette2-160/ (and imagenet-samples/ for full-size photos)"
+    if root.is_dir():
+        subfolders = sorted(p.name for p in root.iterdir() if p.is_dir())
+        looks_like_a_set = root.name in DATA_SET_FOLDERS + ("train", "val") or {"train", "val"} <= set(subfolders) \
+            or (not subfolders and any(p.suffix.lower() in IMAGE_EXTENSIONS for p in root.iterdir()))
+        if looks_like_a_set:
+            parent = root.parent.parent if root.name in ("train", "val") else root.parent
+            raise DataRootError(f"{named} points at a data set folder; point it at its parent ({parent}): "
+                                f"{named} needs {needs}, found {root}")
+        if not download and not any(name in subfolders for name in DATA_SET_FOLDERS):
+            found = ", ".join(subfolders[:5]) + ("..." if len(subfolders) > 5 else "") if subfolders else "nothing"
+            raise DataRootError(f"{named} ({root}) holds {found}; it needs {needs}")
+    elif named == "DINO_DATA" or not download:
+        raise DataRootError(f"{named} ({root}) does not exist; it needs {needs}")
+    return root
+
+
 def load_rgb(path: str | os.PathLike) -> Image.Image:
     """Open and fully decode an image as RGB; a truncated or unreadable file raises BadImageError naming it."""
     try:
@@ -87,8 +121,10 @@ def split_folder(root: str | os.PathLike, split: str) -> Path:
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
     folder = Path(root) / split
     if not folder.is_dir():
+        inside = sorted(p.name for p in Path(root).iterdir() if (p / split).is_dir()) if Path(root).is_dir() else []
+        hint = f"; {root} holds data sets ({', '.join(inside)}): give one of them" if inside else ""
         raise FileNotFoundError(f"{folder} does not exist: expected an ImageFolder layout {root}/train/<class>/... "
-                                f"and {root}/val/<class>/...")
+                                f"and {root}/val/<class>/...{hint}")
     return folder
 
 
@@ -99,8 +135,12 @@ def imagenet(root: str | os.PathLike, split: str, transform: Optional[Callable] 
 
 
 def imagenette_root(root: Optional[str | os.PathLike] = None, download: bool = True) -> Path:
-    """A folder with Imagenette's ``train/`` and ``val/``: found under the data root, else downloaded there."""
-    data_root = resolve_data_root(root)
+    """A folder with Imagenette's ``train/`` and ``val/``: found under the data root, else downloaded there.
+
+    The root is checked first (``check_data_root``), so a chapter's first data cell, which calls this or
+    ``sample_image_paths``, says in one line what a wrong ``DINO_DATA`` holds and what it needs.
+    """
+    data_root = check_data_root(root, download)
     for name in IMAGENETTE_FOLDERS:
         if (data_root / name / "train").is_dir():
             return data_root / name
@@ -124,7 +164,7 @@ def imagenette(split: str, transform: Optional[Callable] = None, root: Optional[
 
 def sample_image_paths(n: Optional[int] = None, root: Optional[str | os.PathLike] = None) -> List[Path]:
     """Paths of real photos for figures: full-size ``imagenet-samples`` when present, else Imagenette val."""
-    folder = resolve_data_root(root) / "imagenet-samples"
+    folder = check_data_root(root) / "imagenet-samples"
     if folder.is_dir():
         paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
     else:
