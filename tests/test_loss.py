@@ -147,3 +147,48 @@ def test_collapse_stats_recognise_uniform_and_one_hot_teachers():
     stats = collapse_stats(student, dominant, torch.zeros(1, k), teacher_temp=0.04)
     assert stats["teacher_entropy"] < 0.01 and stats["center_entropy"] < 0.01
     assert stats["kl"] == pytest.approx(math.log(k), rel=1e-3)    # KL(one-hot || uniform) = ln K
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"warmup_teacher_temp": 0.0}, "warmup_teacher_temp must be > 0, got 0.0"),
+    ({"warmup_teacher_temp_epochs": 5, "nepochs": 4}, "warmup_teacher_temp_epochs must be in [0, nepochs=4], got 5"),
+])
+def test_more_bad_loss_parameters_name_the_value(kwargs, message):
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        DINOLoss(4, 4, **kwargs)
+
+
+def test_loss_limits_are_allowed_zero_center_momentum_and_warmup_over_every_epoch():
+    loss = DINOLoss(4, 3, warmup_teacher_temp=0.02, teacher_temp=0.06, warmup_teacher_temp_epochs=3, nepochs=3,
+                    center_momentum=0.0)
+    assert [loss.teacher_temp(e) for e in range(3)] == pytest.approx([0.02, 0.04, 0.06])
+    assert loss.teacher_temp(10) == pytest.approx(0.06)                # beyond the schedule: its last value
+    teacher = torch.randn(2 * 2, 4)
+    loss(torch.randn(3 * 2, 4), teacher, 0)
+    torch.testing.assert_close(loss.center, teacher.mean(0, keepdim=True))   # momentum 0: the batch mean
+
+
+def test_loss_defaults_are_the_recipes():
+    loss = DINOLoss(8, 10)
+    assert (loss.student_temp, loss.center_momentum, loss.teacher_temp(0), loss.teacher_temp(99)) == (
+        0.1, 0.9, pytest.approx(0.04), pytest.approx(0.04))
+    assert len(loss.teacher_temp_schedule) == 100 and loss.center.shape == (1, 8)
+
+
+def test_badly_shaped_outputs_are_named():
+    loss = DINOLoss(4, 3)
+    with pytest.raises(ValueError, match=r"^student_output has 7 rows, not a multiple of ncrops=3$"):
+        loss(torch.zeros(7, 4), torch.zeros(4, 4), 0)
+    with pytest.raises(ValueError, match=r"^teacher_output must be \(2 \* B, K\) = \(4, 4\), got \(6, 4\)$"):
+        loss(torch.zeros(6, 4), torch.zeros(6, 4), 0)
+
+
+def test_collapse_warnings_name_the_kind_of_collapse():
+    from dino_tutorial.loss import diagnose_collapse
+    ln_k = math.log(1000)
+    assert diagnose_collapse(0.5 * ln_k, 0.5 * ln_k, 1000) is None
+    assert diagnose_collapse(0.96 * ln_k, 0.99 * ln_k, 1000).startswith("uniform collapse: teacher entropy 6.63")
+    assert diagnose_collapse(0.94 * ln_k, 0.5 * ln_k, 1000) is None
+    assert diagnose_collapse(0.5 * ln_k, 0.04 * ln_k, 1000).startswith("one dimension dominates")
+    assert diagnose_collapse(0.5 * ln_k, 0.06 * ln_k, 1000) is None
+    assert "ln K = 6.91" in diagnose_collapse(0.5 * ln_k, 0.0, 1000)

@@ -200,3 +200,76 @@ def test_first_sgd_step_turns_each_prototype_by_lr_times_projected_gradient_over
     torch.testing.assert_close(angles[0], expected, rtol=2e-3, atol=0)
     torch.testing.assert_close(angles[0], angles[1], rtol=1e-6, atol=1e-12)
     assert abs(v0.norm(dim=1).mean().item() - 0.577) < 0.01
+
+
+def test_head_defaults_are_the_papers_head():
+    head = DINOHead(2048)
+    linears = [m for m in head.mlp if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(2048, 2048), (2048, 2048), (2048, 256)]
+    assert not any(isinstance(m, torch.nn.BatchNorm1d) for m in head.modules())
+    assert head.last_layer.weight_v.shape == (65536, 256) and not head.last_layer.weight_g.requires_grad
+    two = DINOHead(8, 4, nlayers=2, hidden_dim=6, bottleneck_dim=5)
+    assert [type(m).__name__ for m in two.mlp] == ["Linear", "GELU", "Linear"]
+    with_bn = DINOHead(8, 4, nlayers=2, hidden_dim=6, bottleneck_dim=5, use_bn=True)
+    assert [type(m).__name__ for m in with_bn.mlp] == ["Linear", "BatchNorm1d", "GELU", "Linear"]
+
+
+@pytest.mark.parametrize("name", ["in_dim", "out_dim", "nlayers", "hidden_dim", "bottleneck_dim"])
+def test_bad_head_sizes_are_named(name):
+    sizes = dict(in_dim=8, out_dim=4, nlayers=3, hidden_dim=6, bottleneck_dim=5)
+    sizes[name] = 0
+    with pytest.raises(ValueError, match=f"^{name} must be >= 1, got 0$"):
+        DINOHead(**sizes)
+
+
+def test_weight_norm_layer_learns_its_gain_only_without_fix_norm():
+    from dino_tutorial.model import WeightNormLinear
+    assert not WeightNormLinear(4, 3).weight_g.requires_grad          # fix_norm defaults to True
+    assert WeightNormLinear(4, 3, fix_norm=False).weight_g.requires_grad
+    layer = WeightNormLinear(4, 3)
+    with torch.no_grad():
+        layer.weight_v.copy_(torch.tensor([[3.0, 4.0, 0, 0], [0, 0, 2.0, 0], [1.0, 1.0, 1.0, 1.0]]))
+        layer.weight_g.copy_(torch.tensor([[1.0], [2.0], [0.5]]))
+        out = layer(torch.tensor([[1.0, 1.0, 1.0, 1.0]]))
+    torch.testing.assert_close(out, torch.tensor([[7 / 5, 2.0, 1.0]]))
+
+
+def test_resolution_groups_compare_height_and_width():
+    shapes = [(64, 64), (64, 32), (64, 32), (32, 64)]
+    crops = [torch.zeros(1, 3, h, w) for h, w in shapes]
+    assert MultiCropWrapper.resolution_groups(crops) == [(0, 1), (1, 3), (3, 4)]
+    assert MultiCropWrapper.resolution_groups(crops[:1]) == [(0, 1)]
+    assert MultiCropWrapper.resolution_groups([torch.zeros(1, 3, 8, 8)] * 3) == [(0, 3)]
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet18_w16"])
+def test_backbone_stems_full_size_and_small_images(name):
+    backbone, dim = build_backbone(name)
+    width = backbone.bn1.num_features
+    c = backbone.conv1
+    assert (c.kernel_size, c.stride, c.padding, c.bias, c.in_channels) == ((7, 7), (2, 2), (3, 3), None, 3)
+    assert isinstance(backbone.maxpool, torch.nn.MaxPool2d)
+    small, small_dim = build_backbone(name, small_images=True)
+    c = small.conv1
+    assert small_dim == dim and c.out_channels == width
+    assert (c.kernel_size, c.stride, c.padding, c.bias, c.in_channels) == ((3, 3), (1, 1), (1, 1), None, 3)
+    assert isinstance(small.maxpool, torch.nn.Identity) and isinstance(small.fc, torch.nn.Identity)
+    maps = []
+    small.layer4.register_forward_hook(lambda m, i, o: maps.append(o.shape[-1]))
+    with torch.no_grad():
+        assert small.eval()(torch.randn(1, 3, 32, 32)).shape == (1, dim)
+    assert maps == [4]                                             # strides 1, 1, 2, 2, 2: 32 px -> 4 x 4
+
+
+def test_narrow_resnet18_has_resnet18_strides_and_kaiming_initialisation():
+    net, dim = build_backbone("resnet18_w32")
+    assert dim == 256
+    for i, layer in enumerate((net.layer1, net.layer2, net.layer3, net.layer4)):
+        assert len(layer) == 2
+        assert layer[0].conv1.stride == ((1, 1) if i == 0 else (2, 2))
+        assert layer[0].conv1.out_channels == layer[1].conv2.out_channels == 32 * 2 ** i
+        assert layer[0].conv1.in_channels == (32 if i == 0 else 16 * 2 ** i)
+    conv = net.layer3[0].conv1                                      # fan_out = 128 * 3 * 3
+    assert abs(conv.weight.std().item() - math.sqrt(2 / (128 * 9))) < 0.003
+    assert net.bn1.num_features == 32 and net.conv1.out_channels == 32
+    assert isinstance(net.maxpool, torch.nn.MaxPool2d)

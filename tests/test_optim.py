@@ -122,3 +122,17 @@ def test_learning_rate_scales_with_the_total_batch_over_processes(world_size):
     assert t.wd_schedule[0] == pytest.approx(1e-4) and t.wd_schedule[100] == pytest.approx((1e-4 + 0.4) / 2)
     assert t.momentum_schedule[0] == pytest.approx(0.996) and t.momentum_schedule[100] == pytest.approx(0.998)
     assert t.momentum_schedule[-1] == pytest.approx(1.0, abs=1e-6)
+
+
+def test_lars_defaults_are_the_authors_eta_0001_and_momentum_09():
+    opt = build_optimizer("lars", tiny_model())
+    assert opt.defaults["eta"] == 0.001 and opt.defaults["momentum"] == 0.9
+    assert opt.param_groups[0]["lars_exclude"] is False and opt.param_groups[1]["lars_exclude"] is True
+
+
+def test_frozen_parameters_are_left_out_wherever_they_sit():
+    model = nn.Sequential(nn.Linear(2, 3), nn.Linear(3, 4))
+    model[0].weight.requires_grad_(False)                # the first parameter frozen: the rest still grouped
+    decay, no_decay = param_groups(model)
+    assert [p.shape for p in decay["params"]] == [(4, 3)]
+    assert [p.shape for p in no_decay["params"]] == [(3,), (4,)]

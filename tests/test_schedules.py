@@ -40,3 +40,10 @@ def test_bad_schedule_parameters_are_named(kwargs, message):
     args = {"base_value": 1.0, "final_value": 0.0, "epochs": 10, "niter_per_ep": 3, **kwargs}
     with pytest.raises(ValueError, match=message):
         cosine_schedule(**args)
+
+
+def test_the_smallest_schedules_are_valid_one_iteration_and_all_warmup():
+    np.testing.assert_allclose(cosine_schedule(0.5, 0.1, epochs=1, niter_per_ep=1), [0.5])
+    np.testing.assert_allclose(cosine_schedule(0.5, 0.1, epochs=2, niter_per_ep=3, warmup_epochs=2),
+                               np.linspace(0.0, 0.5, 6))                       # warmup over the whole run
+    np.testing.assert_allclose(cosine_schedule(0.5, 0.1, epochs=1, niter_per_ep=2), [0.5, 0.3])

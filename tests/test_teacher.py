@@ -88,3 +88,15 @@ def test_teacher_is_made_in_train_mode_like_the_student():
         out = teacher.backbone(x)
     assert not torch.equal(teacher.backbone[1].running_mean, torch.zeros(8))    # batch statistics were used
     assert out.shape == (6, 8)
+
+
+def test_unwrap_reaches_the_model_inside_compile_and_ddp_wrappers():
+    from types import SimpleNamespace
+    from dino_tutorial.teacher import unwrap
+    inner = small_student()
+    assert unwrap(inner) is inner
+    assert unwrap(SimpleNamespace(module=inner)) is inner                       # DistributedDataParallel
+    assert unwrap(SimpleNamespace(_orig_mod=inner)) is inner                    # torch.compile
+    assert unwrap(SimpleNamespace(_orig_mod=SimpleNamespace(module=inner))) is inner   # compile(DDP(model))
+    teacher = make_teacher(SimpleNamespace(_orig_mod=SimpleNamespace(module=inner)))
+    assert isinstance(teacher, MultiCropWrapper) and teacher is not inner
