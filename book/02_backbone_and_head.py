@@ -46,6 +46,7 @@ except ImportError:
     import dino_tutorial
 
 # %% tags=["hide-input"]
+import math
 import time
 
 import matplotlib.pyplot as plt
@@ -296,12 +297,19 @@ check_weight_norm_linear(weight_norm_linear)
 # the package's head (`mlp` a `Sequential` whose linear layers sit at indices 0, 2 and 4, and `last_layer`
 # holding `weight_v` and `weight_g`), so that the check can copy the package head's weights into yours.
 # Use `weight_norm_linear` from exercise 1.
+#
+# `MyWeightNormLinear` below starts `weight_v` as the authors' code does: their last layer is created after the
+# MLP's std-0.02 initialisation, so it keeps `nn.Linear`'s default, uniform in $\pm 1/\sqrt{256}$ (rows of length
+# about $\sqrt{1/3} = 0.58$). The forward pass ignores that length, but training does not: an SGD step turns each
+# row $v_k$ by an angle proportional to $1 / \|v_k\|^2$, so rows drawn with std 0.02 (length 0.32) would turn
+# about 3.3 times as far per step.
 
 # %% tags=["raises-exception"]
 class MyWeightNormLinear(nn.Module):
     def __init__(self, in_dim: int, out_dim: int):
         super().__init__()
-        self.weight_v = nn.Parameter(torch.randn(out_dim, in_dim) * 0.02)
+        bound = 1 / math.sqrt(in_dim)                              # nn.Linear's default initialisation
+        self.weight_v = nn.Parameter(torch.empty(out_dim, in_dim).uniform_(-bound, bound))
         self.weight_g = nn.Parameter(torch.ones(out_dim, 1), requires_grad=False)  # norm_last_layer=True
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
@@ -343,6 +351,11 @@ def check_head(cls):
     set_seed(0)
     ref = DINOHead(feature_dim, out_dim=65536)
     mine = cls(feature_dim, out_dim=65536)
+    ref_norm = ref.last_layer.weight_v.norm(dim=1).mean().item()
+    my_norm = mine.last_layer.weight_v.norm(dim=1).mean().item()
+    assert abs(my_norm - ref_norm) < 0.02, (
+        f"your last layer's rows start with length {my_norm:.3f}, the authors' with {ref_norm:.3f}: keep "
+        f"MyWeightNormLinear's initialisation")
     try:
         mine.load_state_dict(ref.state_dict())
     except RuntimeError as err:
