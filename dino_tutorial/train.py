@@ -39,11 +39,13 @@ from tqdm.auto import tqdm
 from . import checkpoint as ckpt
 from .config import PRESETS, TrainConfig  # noqa: F401  (re-exported: dino_tutorial.train.TrainConfig)
 from .augment import MultiCropAugmentation, eval_transform
+from .engine.precision import (amp_dtype, check_cpu_bf16_convolutions, load_scaler_state,
+                               use_deterministic_kernels)
 from .device_augment import DeviceMultiCropAugmentation, EncodedBatch, collate_encoded
 from .fast_augment import FastMultiCropAugmentation, normalize_uint8
 from .data import BadImageError, ResumableSampler, TrainingViews, collate_views, imagenet
 from .knn import extract_features, knn_classify
-from .loss import DINOLoss, collapse_stats, diagnose_collapse
+from .loss import DINOLoss, collapse_tensors, diagnose_collapse
 from .model import DINOHead, MultiCropWrapper, build_backbone
 from .optim import build_optimizer, cancel_last_layer_gradients, clip_gradients
 from .schedules import cosine_schedule
@@ -166,45 +168,6 @@ def _check_crop_sizes(images, global_size: int, samples: int = 16) -> None:
                          f"{median} px over {len(sides)} sampled; lower --global-size")
 
 
-def _amp_dtype(config: TrainConfig, device: torch.device) -> Optional[torch.dtype]:
-    if config.amp == "none" or (config.amp == "auto" and device.type != "cuda"):
-        return None
-    if config.amp == "fp16" or (config.amp == "auto" and not torch.cuda.is_bf16_supported()):
-        return torch.float16                             # with a GradScaler (e.g. a T4, which has no bf16)
-    return torch.bfloat16
-
-
-@torch.no_grad()
-def _check_cpu_bf16_convolutions(backbone: nn.Module, sizes) -> None:
-    """Refuse bf16 autocast on the CPU where it computes wrong gradients.
-
-    With PyTorch's CPU kernels, a strided 3 x 3 convolution whose input map is 1 x 1 returns garbage weight
-    gradients under bf16 autocast (values up to 1e35, different from run to run; fp32 is right). In a ResNet
-    that happens in the last stage for crops under 32 px. The shapes are found by running the backbone once.
-    """
-    tiny = []
-
-    def record(module, inputs):
-        if module.stride != (1, 1) and module.kernel_size != (1, 1) and min(inputs[0].shape[-2:]) == 1:
-            tiny.append(module)
-
-    hooks = [m.register_forward_pre_hook(record) for m in backbone.modules() if isinstance(m, nn.Conv2d)]
-    was_training = backbone.training
-    try:
-        backbone.eval()
-        for size in sizes:
-            tiny.clear()
-            backbone(torch.zeros(1, 3, size, size))
-            if tiny:
-                raise ValueError(f"amp=bf16 on the CPU computes wrong gradients for {size} px crops: a strided "
-                                 f"convolution of this backbone then sees a 1 x 1 map, where PyTorch's CPU bf16 "
-                                 f"kernels return garbage; use amp=none, or crops of at least 32 px")
-    finally:
-        backbone.train(was_training)
-        for hook in hooks:
-            hook.remove()
-
-
 class Lookahead:
     """Iterates over a loader's (crops, labels, skipped) batches, turning encoded batches into views on the
     device with ``make_views``; ``prefetch()`` prepares the next batch early (the trainer calls it while a
@@ -243,11 +206,7 @@ class Trainer:
         self.show_progress = self.is_main and config.progress and not os.environ.get("TQDM_DISABLE")
         self.output_dir = Path(config.output_dir)
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        if config.deterministic:
-            torch.use_deterministic_algorithms(True)
-            torch.backends.cudnn.benchmark = False
-        elif self.device.type == "cuda":
-            torch.backends.cudnn.benchmark = True
+        use_deterministic_kernels(config.deterministic, self.device)
         set_seed(config.seed)
         self._build_data()
         self._build_models()
@@ -294,9 +253,9 @@ class Trainer:
         self.dino_loss = DINOLoss(c.out_dim, 2 + c.local_crops_number, c.warmup_teacher_temp, c.teacher_temp,
                                   c.warmup_teacher_temp_epochs, c.epochs, c.student_temp, c.center_momentum).to(device)
         self.optimizer = build_optimizer(c.optimizer, self.student)
-        self.amp_dtype = _amp_dtype(c, device)
+        self.amp_dtype = amp_dtype(c.amp, device)
         if self.amp_dtype == torch.bfloat16 and device.type == "cpu":
-            _check_cpu_bf16_convolutions(backbone, sorted({c.global_size, c.local_size}))
+            check_cpu_bf16_convolutions(backbone, sorted({c.global_size, c.local_size}))
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
 
     def _build_schedules(self) -> None:
@@ -331,7 +290,7 @@ class Trainer:
         self.teacher.load_state_dict(state["teacher"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.dino_loss.load_state_dict(state["dino_loss"])
-        self.scaler.load_state_dict(state["scaler"])
+        load_scaler_state(self.scaler, state["scaler"])
         if self.is_main:
             where = f", iteration {state['iteration']}" if state["iteration"] else ""
             print(f"resumed from {path} at epoch {state['epoch']}{where}")
@@ -466,14 +425,9 @@ class Trainer:
         # The softmaxes, the cross-entropy and the centre in fp32: autocast runs softmax in fp32 on CUDA but
         # leaves it in bf16 on the CPU, which moves the loss by a few percent.
         student_out, teacher_out = student_out.float(), teacher_out.float()
-        stats = collapse_stats(student_out, teacher_out, self.dino_loss.center, self.dino_loss.teacher_temp(epoch),
-                               c.student_temp)
+        stats = collapse_tensors(student_out, teacher_out, self.dino_loss.center, self.dino_loss.teacher_temp(epoch),
+                                 c.student_temp)
         loss = self.dino_loss(student_out, teacher_out, epoch)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"loss is {loss.item()} at epoch {epoch + 1}, iteration {i + 1}: likely causes are fp16 overflow "
-                f"(try amp=bf16 or none), a learning rate too high (lr={self.lr_schedule[it]:.3g}) or a teacher "
-                f"temperature too low ({self.dino_loss.teacher_temp(epoch)}); the last checkpoint is intact")
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
@@ -485,7 +439,13 @@ class Trainer:
         ema_update(self.teacher, self.student, float(self.momentum_schedule[it]))
         if before_sync is not None:
             before_sync()
-        return loss.item(), stats
+        values = torch.stack([loss.detach(), *stats.values()]).tolist()    # the step's only wait for the device
+        if not math.isfinite(values[0]):
+            raise FloatingPointError(
+                f"loss is {values[0]} at epoch {epoch + 1}, iteration {i + 1}: likely causes are fp16 overflow "
+                f"(try amp=bf16 or none), a learning rate too high (lr={self.lr_schedule[it]:.3g}) or a teacher "
+                f"temperature too low ({self.dino_loss.teacher_temp(epoch)}); the last checkpoint is intact")
+        return values[0], dict(zip(stats, values[1:]))
 
 
 def train(config: TrainConfig) -> Dict[str, float]:
