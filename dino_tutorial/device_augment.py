@@ -208,6 +208,29 @@ def _decode_on_host(data: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(np.array(img.convert("RGB"))).permute(2, 0, 1).contiguous()
 
 
+@functools.lru_cache(maxsize=8)
+def _decode_stream(device: torch.device, cuda=torch.cuda):
+    return cuda.Stream(device)
+
+
+def decode_on_idle_stream(decode, device: torch.device, cuda=torch.cuda) -> List[torch.Tensor]:
+    """Run ``decode()`` (torchvision's batched GPU ``decode_jpeg``) on a stream of its own; returns its images.
+
+    torchvision's batched decoder writes from its own stream into memory taken from the caller's stream without
+    waiting for the work queued there (pytorch/vision PR #9606): on the training stream it can overwrite memory
+    that the step's queued kernels still read. On a stream that only ever decodes nothing is queued; the
+    training stream then waits for the decoded images, and ``record_stream`` keeps their memory from being
+    reused for the next decode until the training stream is done with them.
+    """
+    side, current = _decode_stream(device, cuda), cuda.current_stream(device)
+    with cuda.stream(side):
+        images = list(decode())
+    current.wait_stream(side)
+    for image in images:
+        image.record_stream(current)
+    return images
+
+
 def _error_line(err: Exception) -> str:
     return str(err).strip().splitlines()[-1].split(", ")[-1] if str(err).strip() else type(err).__name__
 
@@ -251,9 +274,12 @@ class DeviceMultiCropAugmentation(FastMultiCropAugmentation):
         images: List[Optional[torch.Tensor]] = [None] * len(batch.data)
         if device.type == "cuda":
             try:
-                images = list(decode_jpeg(batch.data, mode=ImageReadMode.RGB, device=device))
-            except (RuntimeError, TypeError, ValueError):
-                pass        # a PNG, a CMYK JPEG, a broken file, an older torchvision: one by one below
+                images = decode_on_idle_stream(lambda: decode_jpeg(batch.data, mode=ImageReadMode.RGB,
+                                                                   device=device), device)
+            except (RuntimeError, TypeError, ValueError) as err:
+                # a PNG, a CMYK JPEG, a broken file, an older torchvision: one by one below
+                warnings.warn(f"batched GPU decoding failed ({_error_line(err)}); decoding image by image",
+                              RuntimeWarning, stacklevel=3)
         failures = []
         for i, (data, path) in enumerate(zip(batch.data, batch.paths)):
             if images[i] is None:

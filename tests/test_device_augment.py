@@ -216,3 +216,48 @@ def test_unreadable_files_are_named_and_can_be_skipped(tmp_path, jpegs):
     assert views[0].shape == (3, 3, 64, 64)
     images, _ = aug.decode(batch, "cpu")
     assert torch.equal(images[3], torch.from_numpy(np.array(Image.open(bmp).convert("RGB"))).permute(2, 0, 1))
+
+
+def test_gpu_decoding_runs_on_its_own_stream_and_the_training_stream_waits_for_it():
+    """pytorch/vision PR #9606: the batched decoder must not share the training stream (fake CUDA on the CPU)."""
+    import contextlib
+    from dino_tutorial.device_augment import decode_on_idle_stream
+    events = []
+
+    class FakeStream:
+        def __init__(self, name):
+            self.name = name
+
+        def wait_stream(self, other):
+            events.append(("wait", self.name, other.name))
+
+    class Image:
+        def record_stream(self, stream):
+            events.append(("record", stream.name))
+
+    class FakeCuda:
+        current = FakeStream("training")
+        active = current
+
+        def Stream(self, device):
+            return FakeStream("decode")
+
+        def current_stream(self, device):
+            return self.active
+
+        @contextlib.contextmanager
+        def stream(self, stream):
+            previous, self.active = self.active, stream
+            yield
+            self.active = previous
+
+    cuda = FakeCuda()
+
+    def decode():
+        events.append(("decode on", cuda.active.name))
+        return [Image(), Image()]
+
+    images = decode_on_idle_stream(decode, "cuda:0", cuda)
+    assert len(images) == 2
+    assert events == [("decode on", "decode"), ("wait", "training", "decode"), ("record", "training"),
+                      ("record", "training")]
