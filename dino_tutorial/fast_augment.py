@@ -352,6 +352,13 @@ def normalize_uint8(batch: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN, 
         raise TypeError(f"normalize_uint8 expects uint8 images, got {batch.dtype}")
     if batch.ndim < 3 or batch.shape[-3] != len(mean):
         raise ValueError(f"expected images (..., {len(mean)}, H, W), got shape {tuple(batch.shape)}")
-    mean_t = torch.tensor(mean, dtype=dtype, device=batch.device).view(-1, 1, 1)
-    std_t = torch.tensor(std, dtype=dtype, device=batch.device).view(-1, 1, 1)
-    return torch.addcmul(-mean_t / std_t, batch.to(dtype), 1.0 / (255.0 * std_t))
+    shift, scale = _affine(batch.device, dtype, tuple(mean), tuple(std))
+    return torch.addcmul(shift, batch.to(dtype), scale)
+
+
+@functools.lru_cache(maxsize=16)
+def _affine(device: torch.device, dtype: torch.dtype, mean: tuple, std: tuple) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(-mean / std, 1 / (255 std)), (3, 1, 1), made on ``device`` once: a copy per call would make the host wait."""
+    mean_t = torch.tensor(mean, dtype=dtype, device=device).view(-1, 1, 1)
+    std_t = torch.tensor(std, dtype=dtype, device=device).view(-1, 1, 1)
+    return -mean_t / std_t, 1.0 / (255.0 * std_t)

@@ -26,12 +26,12 @@ from torch import nn
 
 def _global_mean(x: torch.Tensor) -> torch.Tensor:
     """Mean over rows of ``x`` (N, K) across all processes (all-reduce when torch.distributed is running)."""
-    total = x.sum(dim=0, keepdim=True)
-    count = torch.tensor([x.shape[0]], dtype=total.dtype, device=total.device)
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(total)
-        dist.all_reduce(count)
-    return total / count
+    if not (dist.is_available() and dist.is_initialized()):
+        return x.mean(dim=0, keepdim=True)
+    # the row count rides along as one more column: one all-reduce, and no host-to-device copy
+    total = F.pad(x.sum(dim=0, keepdim=True), (0, 1), value=float(x.shape[0]))
+    dist.all_reduce(total)
+    return total[:, :-1] / total[:, -1:]
 
 
 class DINOLoss(nn.Module):
@@ -79,8 +79,8 @@ class DINOLoss(nn.Module):
         teacher_p = teacher_p.detach().view(2, batch, -1)                              # (2, B, K)
         # cross_entropy[t, v] = mean over the batch of H(P_t(view t), P_s(view v)); one einsum, no loop.
         cross_entropy = -torch.einsum("tbk,vbk->tv", teacher_p, student_logp) / batch   # (2, V)
-        same_view = torch.eye(2, self.ncrops, dtype=torch.bool, device=cross_entropy.device)
-        loss = cross_entropy[~same_view].mean()                                       # 2 * V - 2 pairs
+        # every pair but (t, t): the same view seen by both networks (a sum, not a mask: masks make the host wait)
+        loss = (cross_entropy.sum() - cross_entropy.diagonal().sum()) / (2 * self.ncrops - 2)
         self.update_center(teacher_output)
         return loss
 
@@ -94,7 +94,16 @@ class DINOLoss(nn.Module):
 @torch.no_grad()
 def collapse_stats(student_output: torch.Tensor, teacher_output: torch.Tensor, center: torch.Tensor,
                    teacher_temp: float, student_temp: float = 0.1) -> Dict[str, float]:
-    """Diagnostics of collapse (paper Sec. 5.3, Fig. 7), all in nats.
+    """``collapse_tensors`` read as Python floats."""
+    return {name: value.item() for name, value in
+            collapse_tensors(student_output, teacher_output, center, teacher_temp, student_temp).items()}
+
+
+@torch.no_grad()
+def collapse_tensors(student_output: torch.Tensor, teacher_output: torch.Tensor, center: torch.Tensor,
+                     teacher_temp: float, student_temp: float = 0.1) -> Dict[str, torch.Tensor]:
+    """Diagnostics of collapse (paper Sec. 5.3, Fig. 7), all in nats, as 0-d tensors on the outputs' device
+    (reading a GPU tensor makes the host wait for the GPU: the trainer reads them once per step, at its end).
 
     ``teacher_entropy``: mean entropy of the teacher distributions (near 0: one dimension dominates; near
     ln K: uniform). ``center_entropy``: entropy of their batch mean (near 0 with a dominant dimension even
@@ -112,9 +121,8 @@ def collapse_stats(student_output: torch.Tensor, teacher_output: torch.Tensor, c
     teacher_p, teacher_logp = teacher_p.view(2, batch, -1), teacher_logp.view(2, batch, -1)
     cross = -torch.einsum("tbk,vbk->tv", teacher_p, student_logp) / batch
     kl = cross - entropy.view(2, batch).mean(1, keepdim=True)                          # H(p, q) - H(p)
-    same_view = torch.eye(2, ncrops, dtype=torch.bool, device=kl.device)
-    return {"teacher_entropy": entropy.mean().item(), "center_entropy": center_entropy.item(),
-            "kl": kl[~same_view].mean().item()}
+    kl = (kl.sum() - kl.diagonal().sum()) / (2 * ncrops - 2)
+    return {"teacher_entropy": entropy.mean(), "center_entropy": center_entropy, "kl": kl}
 
 
 def diagnose_collapse(teacher_entropy: float, center_entropy: float, out_dim: int) -> Optional[str]:
