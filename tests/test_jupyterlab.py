@@ -36,7 +36,7 @@ def test_jupyter_server_opens_a_py_twin_as_a_notebook(tmp_path):
     port, token = _free_port(), uuid.uuid4().hex
     command = [sys.executable, "-m", "jupyter_server", "--no-browser", "--ServerApp.ip=127.0.0.1",
                f"--ServerApp.port={port}", "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}",
-               f"--ServerApp.root_dir={BOOK}",
+               f"--ServerApp.root_dir={BOOK}", "--allow-root",
                "--ServerApp.contents_manager_class=jupytext.TextFileContentsManager"]
     env = {"JUPYTER_CONFIG_DIR": str(tmp_path / "config"), "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"),
            "JUPYTER_DATA_DIR": str(tmp_path / "data")}
