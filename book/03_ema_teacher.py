@@ -452,7 +452,9 @@ history["teacher"][0] = history["student"][0]                    # identical net
 paths = {"student": [np.zeros(2)], "teacher": [np.zeros(2)]}
 print(f"iteration   0: k-NN top-1 {history['student'][0]:.1f}% (random initialisation)")
 
-# %%
+# %% tags=["nbval-ignore-output"]
+# The numbers of this run depend on floating-point summation order, which depends on the CPU's thread count
+# and kernels; the tests compare what the text claims (the check cell below), not the digits.
 set_seed(0)
 order = torch.randperm(len(train_images)).tolist()
 started = time.perf_counter()
@@ -524,7 +526,7 @@ ax.legend(fontsize=8)
 plt.tight_layout()
 plt.show()
 
-# %%
+# %% tags=["nbval-ignore-output"]
 steps_student = np.linalg.norm(np.diff(student_path, axis=0), axis=1)
 steps_teacher = np.linalg.norm(np.diff(teacher_path, axis=0), axis=1)
 ahead = np.array(history["teacher"][1:]) - np.array(history["student"][1:])
@@ -548,6 +550,15 @@ for key, value in summary.items():
     print(f"{key:20s} {value:.4g}" if isinstance(value, float) else f"{key:20s} {value}")
     glue(key, f"{value:.2f}" if key in ("loss_final", "log_k") else f"{value:.1f}" if isinstance(value, float)
          else value, display=False)
+
+# %% tags=["hide-input"]
+# What the text below claims, checked on this machine's run (its digits vary with the thread count).
+assert summary["knn_init"] > 10, "the random network should score above chance (10%)"
+assert max(summary["knn_student_mean"], summary["knn_teacher_mean"]) < summary["knn_init"], \
+    "both networks should score below the random initialisation on average"
+assert abs(summary["loss_final"] - summary["log_k"]) < 0.5, "the loss should stay close to ln K"
+assert summary["path_ratio"] > 1, "the teacher's path should be shorter than the student's"
+print("The run shows what the text says: near-uniform targets, no gain over the random network, a smoother teacher.")
 
 # %% [markdown]
 # **What the run shows.** The randomly initialised ResNet-18 scores {glue:text}`knn_init`% (chance is 10%).
