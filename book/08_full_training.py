@@ -380,10 +380,10 @@ if last_epoch < config.epochs:
 #     --data-path /data/imagenet --output-dir /shared/runs/rn50_imagenet --knn-every 10
 # ```
 #
-# On a SLURM cluster, one task per machine starts that `torchrun`:
+# On a SLURM cluster, one task per machine starts that `torchrun`: `sbatch tools/slurm_rn50_imagenet.sh` from
+# the repository root. The script (it begins with the `#!/bin/bash` line that `sbatch` requires):
 #
 # ```bash
-# !/bin/bash
 # #SBATCH --job-name=dino-rn50
 # #SBATCH --nodes=2
 # #SBATCH --ntasks-per-node=1          # one torchrun per machine; it starts one process per GPU
