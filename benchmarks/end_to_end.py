@@ -6,14 +6,16 @@ Every pipeline reads the same JPEG files through a DataLoader and trains the sam
              and the reference step: eager, NCHW, fp16 autocast with a gradient scaler on CUDA (fp32 on the
              CPU), EMA and clipping as Python loops (the authors' configuration)
   fast       ``FastMultiCropAugmentation`` (uint8 crops) in the workers, normalised on the device, and the
-             package's step: channels_last, bf16 autocast, fused EMA and clipping (``--compile``: compiled)
+             package's step: channels_last, the trainer's autocast dtype (bf16, or fp16 with a gradient
+             scaler on GPUs without bf16 in hardware), fused EMA and clipping (``--compile``: compiled)
   device     ``DeviceMultiCropAugmentation``: the workers only read bytes and draw the random parameters; the
              device decodes the batch (nvJPEG on CUDA) and makes all views in batches; the package's step
 
 For each pipeline the table gives the data path alone (the loader, and for ``device`` the decoding and
 rendering, with no model) and the whole loop. On CUDA it adds the model FLOPs utilisation: the FLOPs of one
 step per image (counted by ``torch.utils.flop_counter`` on the device: student forward and backward on all
-crops, teacher forward on the global crops) times images per second, over the GPU's dense bf16 peak.
+crops, teacher forward on the global crops) times images per second, over the GPU's dense tensor-core peak
+in that dtype (from the vendors' data sheets; "n/a" for a GPU or a dtype the table lacks).
 
     python benchmarks/end_to_end.py --synthetic 512                      # on a GPU machine, ~3-5 min
     python benchmarks/end_to_end.py --data /path/to/jpegs --workers 12
@@ -38,16 +40,22 @@ from PIL import Image  # noqa: E402
 from torch.utils.data import DataLoader, Dataset  # noqa: E402
 
 from common import machine  # noqa: E402
-from train_step import (IMAGENET_TRAIN_IMAGES, Variant, add_step_arguments, duration, make_step,  # noqa: E402
-                        settle_step_arguments, sync, table_header, table_row)
+from train_step import (IMAGENET_TRAIN_IMAGES, Variant, add_step_arguments, dtype_name, duration,  # noqa: E402
+                        make_step, settle_step_arguments, sync, table_header, table_row)
 from dino_tutorial.augment import MultiCropAugmentation  # noqa: E402
 from dino_tutorial.data import IMAGE_EXTENSIONS, collate_views, load_rgb, resolve_data_root  # noqa: E402
 from dino_tutorial.device_augment import DeviceMultiCropAugmentation, EncodedBatch, collate_encoded  # noqa: E402
+from dino_tutorial.engine.precision import amp_dtype  # noqa: E402
 from dino_tutorial.fast_augment import FastMultiCropAugmentation  # noqa: E402
 
-# Dense bf16 tensor-core peaks from the vendors' data sheets, in FLOP/s, matched against the device name.
-PEAK_BF16 = [("H100 PCIe", 756e12), ("H100", 989e12), ("H200", 989e12), ("GH200", 989e12), ("B200", 2250e12),
-             ("A100", 312e12), ("L40S", 362e12), ("L4", 121e12), ("A10", 125e12)]
+# Dense tensor-core peaks from the vendors' data sheets, in FLOP/s, per autocast dtype, matched against the
+# device name in this order (the first key found in the name wins). From Ampere on, fp16 and bf16 peaks are
+# equal; a T4 (Turing) and a V100 (Volta) have no bf16 tensor cores, so the trainer runs them in fp16.
+_SAME = ("bf16", "fp16")
+PEAKS = [("H100 PCIe", _SAME, 756e12), ("H100", _SAME, 989e12), ("H200", _SAME, 989e12), ("GH200", _SAME, 989e12),
+         ("B200", _SAME, 2250e12), ("A100", _SAME, 312e12), ("L40S", _SAME, 362e12), ("L4", _SAME, 121e12),
+         ("A10", _SAME, 125e12), ("V100-PCIE", ("fp16",), 112e12), ("V100", ("fp16",), 125e12),
+         ("T4", ("fp16",), 65e12)]
 
 
 class Files(Dataset):
@@ -88,18 +96,25 @@ def synthetic_jpegs(folder: Path, n: int, seed: int = 0) -> List[Path]:
     return paths
 
 
-def peak_flops(device: torch.device) -> Optional[float]:
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    return next((peak for key, peak in PEAK_BF16 if key in name), None)
+def step_variant(name: str, device: torch.device, compile_: bool = False) -> Variant:
+    """The package's step as the trainer runs it on ``device``: channels_last and the ``amp="auto"`` dtype."""
+    on_gpu, chosen = device.type == "cuda", amp_dtype("auto", device)
+    return Variant(name, True, channels_last=on_gpu, bf16=chosen == torch.bfloat16, fp16=chosen == torch.float16,
+                   compile=compile_)
+
+
+def peak_flops(gpu_name: str, dtype: Optional[torch.dtype]) -> Optional[float]:
+    """The dense peak of the GPU named ``gpu_name`` in autocast ``dtype``; None where the table lacks it."""
+    name = dtype_name(dtype)
+    key = next((entry for entry in PEAKS if entry[0] in gpu_name), None)
+    return key[2] if key is not None and name in key[1] else None
 
 
 def step_flops_per_image(args, device: torch.device) -> float:
     """FLOPs of one package step per image, counted on the device at a small batch."""
     from torch.utils.flop_counter import FlopCounterMode
     batch = 2
-    step = make_step(Variant("count", True, bf16=device.type == "cuda"), args, device)
+    step = make_step(step_variant("count", device), args, device)
     sizes = [args.global_size] * 2 + [args.local_size] * args.local_crops
     crops = [torch.randint(0, 256, (batch, 3, s, s), dtype=torch.uint8) for s in sizes]
     counter = FlopCounterMode(display=False)
@@ -118,8 +133,7 @@ def pipeline(name: str, args, device: torch.device, paths: Sequence[Path], model
     else:
         aug = (FastMultiCropAugmentation if name == "fast" else DeviceMultiCropAugmentation)(**settings)
         transform, collate = aug, (collate_encoded if name == "device" else collate_views)
-        variant = Variant(name, True, channels_last=device.type == "cuda", bf16=device.type == "cuda",
-                          compile=args.compile)
+        variant = step_variant(name, device, args.compile)
     steps = args.warmup + args.steps
     loader = DataLoader(Files(paths, transform, steps * args.batch), batch_size=args.batch,
                         num_workers=args.workers, collate_fn=collate, pin_memory=device.type == "cuda",
@@ -173,8 +187,11 @@ def main(argv=None) -> None:
         print(f"Loop: {args.arch} + DINO head (out_dim {args.out_dim}), batch {args.batch}, crops 2 x "
               f"{args.global_size} + {args.local_crops} x {args.local_size}; {source}; {args.workers} DataLoader "
               f"worker(s); {args.warmup} warm-up + {args.steps} measured steps per pipeline on {device.type}\n")
+        chosen = amp_dtype("auto", device)
+        print(f"Precision: amp='auto' picks {dtype_name(chosen)} on {device.type}, as the trainer does; the fast and "
+              f"device pipelines use it, the reference keeps the authors' fp16 on CUDA (fp32 on the CPU)\n")
         flops = step_flops_per_image(args, device)
-        peak = peak_flops(device)
+        peak = peak_flops(torch.cuda.get_device_name(device), chosen) if on_gpu else None
         reference = None
         print(table_header(["pipeline", "data path alone, images/s", "JPEG to step, images/s", "speed-up",
                             "model FLOPs utilisation", "100 ImageNet epochs, 1 device", "8 devices (linear scaling)"]),
@@ -189,7 +206,8 @@ def main(argv=None) -> None:
                              duration(epochs / rate), duration(epochs / (8 * rate))]), flush=True)
         print(f"\nOne step costs {flops / 1e9:.1f} GFLOP per image (forward + backward of the student on all crops, "
               f"forward of the teacher on the global crops)"
-              + (f"; peak dense bf16 of this GPU: {peak / 1e12:.0f} TFLOP/s." if peak else "."))
+              + (f"; peak dense {dtype_name(chosen)} of this GPU: {peak / 1e12:.0f} TFLOP/s." if peak else
+                 "; no peak in the table for this GPU and dtype, so no MFU." if on_gpu else "."))
 
 
 if __name__ == "__main__":

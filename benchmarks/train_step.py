@@ -11,7 +11,9 @@ gradient clipping (3.0), SGD step, EMA update of the teacher. Variants:
 
 On the CPU all combinations of channels_last and bf16 autocast are measured (whether they pay depends on the
 CPU: bf16 needs AVX512-BF16 or AMX to be fast); ``--compile`` adds a compiled variant. On CUDA the default
-list is reference (fp16), package fp32, package channels_last + bf16, and the same compiled.
+list is reference (fp16), package fp32, package channels_last + the trainer's autocast dtype, and the same
+compiled. That dtype is ``dino_tutorial.engine.precision.amp_dtype("auto", device)``, as in training: bf16
+on GPUs that compute it in hardware, fp16 with a gradient scaler on the others (a T4, a V100).
 
 Reported: seconds per step (wall clock and CPU time of this process), images per second (on the CPU: per core,
 from the CPU time, which other programs on a shared machine do not inflate), the time 100 epochs of ImageNet
@@ -39,6 +41,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from common import machine, peak_memory, start_peak_memory  # noqa: E402
+from dino_tutorial.engine.precision import amp_dtype  # noqa: E402
 from dino_tutorial.fast_augment import normalize_uint8  # noqa: E402
 from dino_tutorial.loss import DINOLoss  # noqa: E402
 from dino_tutorial.model import DINOHead, MultiCropWrapper, build_backbone  # noqa: E402
@@ -87,13 +90,19 @@ class Variant:
     fp16: bool = False                             # fp16 autocast with a gradient scaler (the authors' CUDA default)
 
 
+def dtype_name(dtype: Optional[torch.dtype]) -> str:
+    return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+
+
 def variants(device: torch.device, compile_: bool) -> List[Variant]:
     if device.type == "cuda":
+        chosen = amp_dtype("auto", device)                 # the trainer's choice: bf16, or fp16 without it
+        name, bf16, fp16 = dtype_name(chosen), chosen == torch.bfloat16, chosen == torch.float16
         out = [Variant("reference: eager fp16 autocast, loops", False, fp16=True),
                Variant("package: fp32, foreach", True),
-               Variant("package: channels_last + bf16", True, True, True)]
+               Variant(f"package: channels_last + {name}", True, True, bf16, fp16=fp16)]
         if compile_:
-            out.append(Variant("package: channels_last + bf16 + compile", True, True, True, True))
+            out.append(Variant(f"package: channels_last + {name} + compile", True, True, bf16, True, fp16))
         return out
     out = [Variant("reference: eager fp32, loops", False), Variant("package: fp32, foreach", True),
            Variant("package: channels_last", True, True), Variant("package: bf16 autocast", True, False, True),
@@ -269,6 +278,8 @@ def main(argv=None) -> None:
     compile_ = args.compile or on_gpu
 
     print(f"Machine: {machine(device)}; CPU features: {cpu_flags()}")
+    print(f"Precision: amp='auto' picks {dtype_name(amp_dtype('auto', device))} on {device.type}, as the trainer "
+          f"does" + ("; the package variants use it" if on_gpu else "; the variants below also try bf16 autocast"))
     print(f"Step: {args.arch} + DINO head (out_dim {args.out_dim}), batch {args.batch}, crops 2 x {args.global_size} "
           f"+ {args.local_crops} x {args.local_size}, SGD, clipping 3.0, EMA; {args.warmup} warm-up and {args.steps} "
           f"measured step(s) per variant on {device.type}\n")

@@ -58,3 +58,30 @@ def test_markdown_tables_are_read_back_cell_by_cell():
     tables = markdown_tables(text)
     assert tables == [[{"a": "x", "b c": "1,234.5"}, {"a": "y", "b c": "2"}], [{"z": "3"}]]
     assert number("1,234.5 s") == 1234.5 and number("n/a") is None
+
+
+def test_mfu_peak_is_the_one_of_the_autocast_dtype_the_trainer_picks():
+    import torch
+    from end_to_end import peak_flops
+    assert peak_flops("Tesla T4", torch.float16) == 65e12          # Turing: fp16 tensor cores only
+    assert peak_flops("Tesla T4", torch.bfloat16) is None
+    for gpu, peak in (("NVIDIA H200", 989e12), ("NVIDIA A100-SXM4-80GB", 312e12), ("NVIDIA H100 PCIe", 756e12)):
+        assert peak_flops(gpu, torch.bfloat16) == peak_flops(gpu, torch.float16) == peak
+    assert peak_flops("Some Future GPU", torch.bfloat16) is None
+
+
+def test_benchmark_steps_on_a_gpu_without_bf16_run_fp16_with_a_scaler_as_the_trainer(monkeypatch):
+    """On a T4 the trainer's amp='auto' is fp16 (with a GradScaler): the package's benchmark steps follow it."""
+    import torch
+    import end_to_end
+    import train_step
+    t4 = lambda amp, device: torch.float16 if device.type == "cuda" else None      # noqa: E731
+    monkeypatch.setattr(train_step, "amp_dtype", t4)
+    monkeypatch.setattr(end_to_end, "amp_dtype", t4)
+    cuda = torch.device("cuda")
+    package = [v for v in train_step.variants(cuda, compile_=True) if v.package and v.channels_last]
+    assert len(package) == 2 and all(v.fp16 and not v.bf16 and "fp16" in v.name for v in package)
+    fast = end_to_end.step_variant("fast", cuda)
+    assert fast.fp16 and not fast.bf16 and fast.channels_last
+    cpu = end_to_end.step_variant("fast", torch.device("cpu"))
+    assert not (cpu.fp16 or cpu.bf16 or cpu.channels_last)                   # the CPU keeps fp32, NCHW
