@@ -85,3 +85,52 @@ def test_benchmark_steps_on_a_gpu_without_bf16_run_fp16_with_a_scaler_as_the_tra
     assert fast.fp16 and not fast.bf16 and fast.channels_last
     cpu = end_to_end.step_variant("fast", torch.device("cpu"))
     assert not (cpu.fp16 or cpu.bf16 or cpu.channels_last)                   # the CPU keeps fp32, NCHW
+
+
+def test_knn_benchmark_reports_a_scale_that_runs_out_of_memory_and_runs_the_others(monkeypatch, capsys):
+    """A scale too large for the device prints a row naming it and the memory it needed, not nothing."""
+    import torch
+    import knn as knn_benchmark
+    cuda_message = ("CUDA out of memory. Tried to allocate 20.00 GiB. GPU 0 has a total capacity of 15.77 GiB of "
+                    "which 3.12 GiB is free.")
+    cpu_message = "[enforce fail at alloc_cpu.cpp:121] DefaultCPUAllocator: not enough memory: you tried to " \
+                  "allocate 10485760000 bytes."
+    assert knn_benchmark.failed_allocation_bytes(cuda_message) == 20 * 2 ** 30
+    assert knn_benchmark.failed_allocation_bytes(cpu_message) == 10485760000
+    assert knn_benchmark.is_out_of_memory(torch.cuda.OutOfMemoryError(cuda_message))
+    assert knn_benchmark.is_out_of_memory(RuntimeError("out of memory"))
+    assert not knn_benchmark.is_out_of_memory(RuntimeError("shape mismatch"))
+    real = knn_benchmark.knn_classify
+
+    def tight_memory(train, *args, **kwargs):
+        if len(train) == 300:
+            raise torch.cuda.OutOfMemoryError(cuda_message)
+        if len(train) == 400:
+            raise RuntimeError(cpu_message)
+        return real(train, *args, **kwargs)
+
+    monkeypatch.setattr(knn_benchmark, "knn_classify", tight_memory)
+    knn_benchmark.main(["--scales", "200x20", "300x30", "400x40", "--dim", "8", "--classes", "5"])
+    rows = {r["train features"]: r for t in markdown_tables(capsys.readouterr().out) for r in t}
+    assert set(rows) == {"200", "300", "400"}
+    assert number(rows["200"]["wall s"]) >= 0
+    bank_300 = (300 + 30) * 8 * 4 / 2 ** 20
+    assert rows["300"]["wall s"] == "out of memory"
+    assert rows["300"]["peak extra RSS MiB"] == f"out of memory: bank {bank_300:,.0f} MiB + a failed allocation " \
+                                                f"of {20 * 1024:,} MiB"
+    assert rows["400"]["peak extra RSS MiB"].endswith(f"a failed allocation of {10485760000 / 2 ** 20:,.0f} MiB")
+    with pytest.raises(RuntimeError, match="shape"):                     # other errors are not hidden
+        knn_benchmark.measure_or_report(10, 2, 8, 5, torch.device("cpu"), 3,
+                                        measure_fn=lambda *a: (_ for _ in ()).throw(RuntimeError("shape")))
+
+
+def test_summary_says_which_knn_scale_ran_out_of_memory():
+    knn = ("| train features | queries | queries per chunk | wall s | CPU s | queries/s (wall) | GFLOP/s (wall) | "
+           "feature bank MiB | peak extra GPU MiB |\n" + "|---:" * 9 + "|\n"
+           "| 100,000 | 10,000 | 671 | 0.50 | 0.40 | 20,000 | 8,000 | 859 | 260 |\n"
+           "| 1,281,167 | 50,000 | n/a | out of memory | n/a | n/a | n/a | 10,400 | out of memory: bank 10,400 MiB "
+           "+ a failed allocation of 20,480 MiB |\n")
+    lines = summary({"knn": knn}).splitlines()
+    assert "| k-NN 100,000 x 10,000 (s, peak extra MiB) | 0.50 s, 260 MiB |  |" in lines
+    assert ("| k-NN 1,281,167 x 50,000 (s, peak extra MiB) | out of memory: bank 10,400 MiB + a failed allocation "
+            "of 20,480 MiB | < 30 s |") in lines
