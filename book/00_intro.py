@@ -144,7 +144,7 @@ def thumbnail(ax, image, x, y, size, colour):
                            zorder=4))
 
 
-fig, ax = plt.subplots(figsize=(10.5, 5.6))
+fig, ax = plt.subplots(figsize=(9, 4.8))
 ax.set_xlim(0, 17)
 ax.set_ylim(0, 9)
 ax.set_aspect("equal")
@@ -177,7 +177,7 @@ for i, (b, c) in enumerate(zip(GLOBAL_BOXES, GLOBAL_COLOURS)):
 for i, b in enumerate(LOCAL_BOXES):
     x, y = 6.5 + (i % 2) * 0.7, 7.5 - (i // 2) * 0.7
     thumbnail(ax, crop(b, 96), x, y, l_size, LOCAL_COLOUR)
-ax.text(7.05, 6.55, "(8 local views in DINO)", ha="center", fontsize=8,
+ax.text(7.05, 6.55, "(8 local views in DINO)", ha="center", fontsize=9,
         color="0.3")
 
 # Teacher branch (bottom): global views only.
@@ -305,9 +305,12 @@ plt.show()
 # ```
 #
 # **Exercises.** Every chapter asks you to write the central pieces yourself. A coding exercise is a cell
-# with `...` blanks that raises `NotImplementedError` until you fill it in; the solution follows in a
-# collapsed cell, and a check cell then compares your function with the package's reference and says so in
-# one line. *Think!* questions have their answers in collapsed boxes: try before you open them.
+# with `...` blanks; until you fill them in, its function raises `NotImplementedError` when called, and the
+# commented line at the end of the cell tries it once you uncomment it. The check cell that follows
+# compares your function with the package's reference and says in one line whether it is right, or that
+# the exercise is not done yet, so that "Run all" goes through either way. In the book the solution follows
+# in a collapsed cell; the notebooks under `student/` leave it out and link to it. *Think!* questions have
+# their answers in collapsed boxes: try before you open them.
 
 # %% [markdown]
 # ## Chapter map

@@ -68,6 +68,20 @@ from dino_tutorial.train import set_seed
 DEVICE = setup(seed=0)  # unused here: decoding and augmenting run on the CPU
 
 
+def check_exercise(number: int, check, *answer) -> None:
+    """Run exercise `number`'s check on your answer; while it has blanks, say so in one line."""
+    try:
+        check(*answer)
+    except NotImplementedError as blank:
+        print(f"Exercise {number} is not done yet: {blank}. Fill them in, delete the `raise` line, "
+              f"then run the exercise cell and this one again.")
+    except (TypeError, AttributeError) as error:
+        if "ellipsis" not in str(error) and "NoneType" not in str(error):
+            raise
+        print(f"Exercise {number} is not done yet: a blank (...) is left or nothing is returned "
+              f"({error}).")
+
+
 def show(view: torch.Tensor) -> np.ndarray:
     """A normalised (3, H, W) view as an (H, W, 3) array in [0, 1] for imshow."""
     return denormalize(view).permute(1, 2, 0).numpy()
@@ -165,7 +179,7 @@ def draw_box(ax, box, colour, **kwargs):
 
 def plot_views(photos, augment, seed=0):
     """One row per photo: the photo with its crop boxes, then the views."""
-    fig = plt.figure(figsize=(12, 2.45 * len(photos)))
+    fig = plt.figure(figsize=(9, 1.84 * len(photos)))
     grid = fig.add_gridspec(2 * len(photos), 11, wspace=0.08, hspace=0.3)
     set_seed(seed)
     for row, photo in enumerate(photos):
@@ -228,13 +242,13 @@ plot_views(PHOTOS, augment)
 # in [0, 1), `torch.randint(low, high, ()).item()` for an integer in [low, high)), so that `set_seed` makes the
 # boxes reproducible.
 
-# %% tags=["raises-exception"]
+# %% tags=["exercise"]
 def sample_crop_box(width: int, height: int, scale: tuple,
                     ratio: tuple = (3 / 4, 4 / 3)) -> tuple:
     """A random box (top, left, h, w) in a width x height image."""
     #################################################################
     # Fill in the blanks (...), then remove this line.
-    raise NotImplementedError("Exercise 1: sample a crop box")
+    raise NotImplementedError("sample_crop_box still has blanks (...)")
     #################################################################
     area = width * height
     log_low, log_high = math.log(ratio[0]), math.log(ratio[1])
@@ -253,9 +267,10 @@ def sample_crop_box(width: int, height: int, scale: tuple,
     return (height - h) // 2, (width - w) // 2, h, w
 
 
-print(sample_crop_box(500, 375, scale=(0.14, 1.0)))
+# Uncomment to try your function:
+# print(sample_crop_box(500, 375, scale=(0.14, 1.0)))
 
-# %% tags=["hide-cell"]
+# %% tags=["solution", "hide-cell"]
 # Solution to exercise 1
 def sample_crop_box(width: int, height: int, scale: tuple,
                     ratio: tuple = (3 / 4, 4 / 3)) -> tuple:
@@ -312,7 +327,7 @@ def check_crop_boxes(sampler, n=5000, width=500, height=375):
     print("Correct: your boxes are distributed as torchvision's RandomResizedCrop")
 
 
-check_crop_boxes(sample_crop_box)
+check_exercise(1, check_crop_boxes, sample_crop_box)
 
 # %% [markdown]
 # ## Section 3: ResNet-50 crops are smaller than ViT crops
@@ -327,6 +342,15 @@ check_crop_boxes(sample_crop_box)
 # %%
 RECIPES = {"ResNet-50": {"global": (0.14, 1.0), "local": (0.05, 0.14)},
            "ViT (default)": {"global": (0.4, 1.0), "local": (0.05, 0.4)}}
+try:  # your sampler from exercise 1, or torchvision's while it still has blanks
+    sample_crop_box(500, 375, RECIPES["ResNet-50"]["global"])
+    sampler = sample_crop_box
+except (NotImplementedError, TypeError):
+    print("Exercise 1 is not done yet: the statistics below use torchvision's sampler")
+
+    def sampler(width, height, scale):
+        return T.RandomResizedCrop.get_params(Image.new("RGB", (width, height)),
+                                              list(scale), [3 / 4, 4 / 3])
 
 
 def intersection(a, b):
@@ -341,8 +365,7 @@ def crop_statistics(scales, n=4000, width=500, height=375):
     """Boxes for n images (2 global views, 1 local): their areas and overlaps."""
     def boxes(kind):
         scale = scales[kind]
-        return np.array([sample_crop_box(width, height, scale) for _ in range(n)],
-                        float)
+        return np.array([sampler(width, height, scale) for _ in range(n)], float)
 
     g1, g2, local = boxes("global"), boxes("global"), boxes("local")
     a1, a2, a_local = (b[:, 2] * b[:, 3] for b in (g1, g2, local))
@@ -373,7 +396,7 @@ for key, name in [("rn50", "ResNet-50"), ("vit", "ViT (default)")]:
     glue(f"{key}_local_inside", f"{inside:.0f}", display=False)
 
 # %% tags=["hide-input"]
-fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
+fig, axes = plt.subplots(1, 3, figsize=(9, 2.5))
 bins = np.linspace(0, 1, 51)
 for ax, (name, s) in zip(axes[:2], stats.items()):
     ax.hist(s["local area"], bins, color=LOCAL_COLOUR, alpha=0.8, label="local")
@@ -506,7 +529,7 @@ alone = {
     "Gaussian blur, radius 2": crop.filter(ImageFilter.GaussianBlur(radius=2)),
     "solarization": RandomSolarize(p=1.0)(crop),
 }
-fig, axes = plt.subplots(2, 6, figsize=(12, 4.4))
+fig, axes = plt.subplots(2, 6, figsize=(9, 3.3))
 for ax, (name, image) in zip(axes[0], alone.items()):
     ax.imshow(image)
     ax.set_title(name)
@@ -536,7 +559,7 @@ plt.show()
 #
 # Drawing the random numbers in this order makes your transforms reproduce the package's exactly.
 
-# %% tags=["raises-exception"]
+# %% tags=["exercise"]
 class MyGaussianBlur:
     def __init__(self, p: float, radius_min: float = 0.1, radius_max: float = 2.0):
         self.p, self.radius_min, self.radius_max = p, radius_min, radius_max
@@ -544,7 +567,7 @@ class MyGaussianBlur:
     def __call__(self, image: Image.Image) -> Image.Image:
         #################################################################
         # Fill in the blanks (...), then remove this line.
-        raise NotImplementedError("Exercise 2: random Gaussian blur")
+        raise NotImplementedError("MyGaussianBlur still has blanks (...)")
         #################################################################
         if ...:  # skip with probability 1 - p
             return image
@@ -559,7 +582,7 @@ class MySolarize:
     def __call__(self, image: Image.Image) -> Image.Image:
         #################################################################
         # Fill in the blanks (...), then remove this line.
-        raise NotImplementedError("Exercise 2: random solarization")
+        raise NotImplementedError("MySolarize still has blanks (...)")
         #################################################################
         if ...:
             return image
@@ -567,9 +590,10 @@ class MySolarize:
         return Image.fromarray(...)
 
 
-MySolarize(p=1.0)(PHOTOS[0])
+# Uncomment to try your function:
+# MySolarize(p=1.0)(PHOTOS[0])
 
-# %% tags=["hide-cell"]
+# %% tags=["solution", "hide-cell"]
 # Solution to exercise 2
 class MyGaussianBlur:
     def __init__(self, p: float, radius_min: float = 0.1, radius_max: float = 2.0):
@@ -618,7 +642,7 @@ def check_blur_and_solarize(blur_class, solarize_class, draws=12):
     print("Correct: your blur and solarization match dino_tutorial.augment's")
 
 
-check_blur_and_solarize(MyGaussianBlur, MySolarize)
+check_exercise(2, check_blur_and_solarize, MyGaussianBlur, MySolarize)
 
 # %% [markdown]
 # ### Coding exercise 3: assemble the three pipelines
@@ -630,13 +654,13 @@ check_blur_and_solarize(MyGaussianBlur, MySolarize)
 # `T.RandomGrayscale`, `T.ToTensor`, `T.Normalize` and `T.Compose`. If you keep exactly this order, your
 # pipelines draw the same random numbers as the package's, and the check compares the ten views exactly.
 
-# %% tags=["raises-exception"]
+# %% tags=["exercise"]
 def build_view_pipelines(global_scale=(0.14, 1.0), local_scale=(0.05, 0.14),
                          global_size=224, local_size=96):
     """(global_1, global_2, local): PIL image -> normalised (3, size, size)."""
     #################################################################
     # Fill in the blanks (...), then remove this line.
-    raise NotImplementedError("Exercise 3: assemble the per-view pipelines")
+    raise NotImplementedError("build_view_pipelines still has blanks (...)")
     #################################################################
     bicubic = T.InterpolationMode.BICUBIC
     flip_and_colour = T.Compose([...])  # flip, colour jitter (p = 0.8), grayscale
@@ -650,9 +674,10 @@ def build_view_pipelines(global_scale=(0.14, 1.0), local_scale=(0.05, 0.14),
     return global_1, global_2, local
 
 
-global_1, global_2, local = build_view_pipelines()
+# Uncomment to try your function:
+# global_1, global_2, local = build_view_pipelines()
 
-# %% tags=["hide-cell"]
+# %% tags=["solution", "hide-cell"]
 # Solution to exercise 3
 def build_view_pipelines(global_scale=(0.14, 1.0), local_scale=(0.05, 0.14),
                          global_size=224, local_size=96):
@@ -699,7 +724,7 @@ def check_pipelines(build, seeds=range(4)):
     print("Correct: your pipelines reproduce MultiCropAugmentation's ten views")
 
 
-check_pipelines(build_view_pipelines)
+check_exercise(3, check_pipelines, build_view_pipelines)
 
 # %% [markdown]
 # ## Section 5: what the pipeline costs

@@ -38,7 +38,7 @@
 # ## Setup
 
 # %% tags=["hide-input"]
-# Install the course package when it is missing (in Colab); locally: `pip install -e .` in the repository.
+# Install the course package when it is missing (Colab); locally: `pip install -e .` in the repo.
 try:
     import dino_tutorial
 except ImportError:
@@ -66,6 +66,20 @@ DEVICE = setup(seed=0)
 print(f"device: {DEVICE}")
 
 
+def check_exercise(number: int, check, *answer) -> None:
+    """Run exercise `number`'s check on your answer; while it has blanks, say so in one line."""
+    try:
+        check(*answer)
+    except NotImplementedError as blank:
+        print(f"Exercise {number} is not done yet: {blank}. Fill them in, delete the `raise` line, "
+              f"then run the exercise cell and this one again.")
+    except (TypeError, AttributeError) as error:
+        if "ellipsis" not in str(error) and "NoneType" not in str(error):
+            raise
+        print(f"Exercise {number} is not done yet: a blank (...) is left or nothing is returned "
+              f"({error}).")
+
+
 def count(module: nn.Module) -> int:
     """Number of parameters of a module."""
     return sum(p.numel() for p in module.parameters())
@@ -81,19 +95,22 @@ def show(view: torch.Tensor) -> np.ndarray:
 try:
     PHOTO_PATHS = sample_image_paths()
 except FileNotFoundError as err:
-    print(f"This chapter needs photographs: set DINO_DATA to a folder with imagenet-samples/ or imagenette-mini/, "
-          f"or run online so that Imagenette is downloaded into {resolve_data_root()} ({err})")
+    print(f"This chapter needs photographs: set DINO_DATA to a folder with imagenet-samples/ or "
+          f"imagenette-mini/, or run online so that Imagenette is downloaded into "
+          f"{resolve_data_root()} ({err})")
     raise SystemExit(1)
 
 
 def pick(paths, keywords, n):
     """The photos whose names contain `keywords` (one each), else simply the first n."""
-    chosen = [next(p for p in paths if word in p.name) for word in keywords if any(word in p.name for p in paths)]
+    chosen = ([next(p for p in paths if word in p.name) for word in keywords
+               if any(word in p.name for p in paths)])
     return chosen if len(chosen) == n else paths[:n]
 
 
 PHOTOS = [load_rgb(p) for p in pick(PHOTO_PATHS, ["zebra", "steam_locomotive"], 2)]
-print(f"{len(PHOTO_PATHS)} photos found; the figures use {len(PHOTOS)} of sizes {[p.size for p in PHOTOS]}")
+print(f"{len(PHOTO_PATHS)} photos found; the figures use {len(PHOTOS)} of sizes "
+      f"{[p.size for p in PHOTOS]}")
 
 # %% [markdown]
 # ## Section 1: ResNet-50 as a 2048-d feature extractor
@@ -123,7 +140,8 @@ print(f"the classifier is gone: backbone.fc = {backbone.fc}")
 # %%
 x = eval_transform(224)(PHOTOS[0]).unsqueeze(0)          # (1, 3, 224, 224), centre crop, normalised
 stages = {
-    "stem (conv 7x7/2, BN, ReLU, max-pool)": nn.Sequential(backbone.conv1, backbone.bn1, backbone.relu,
+    "stem (conv 7x7/2, BN, ReLU, max-pool)": nn.Sequential(backbone.conv1, backbone.bn1,
+                                                           backbone.relu,
                                                            backbone.maxpool),
     "layer1 (3 bottleneck blocks)": backbone.layer1,
     "layer2 (4 blocks)": backbone.layer2,
@@ -152,7 +170,7 @@ print("stage by stage equals backbone(x):", torch.allclose(out, direct, atol=1e-
 
 # %% tags=["hide-input"]
 stage_names = ["layer1", "layer2", "layer3", "layer4"]
-fig, axes = plt.subplots(len(PHOTOS), 5, figsize=(12, 5))
+fig, axes = plt.subplots(len(PHOTOS), 5, figsize=(9, 3.8))
 for row, photo in enumerate(PHOTOS):
     image = eval_transform(224)(photo).unsqueeze(0)
     with torch.no_grad():
@@ -162,9 +180,11 @@ for row, photo in enumerate(PHOTOS):
         for col, name in enumerate(stage_names, start=1):
             out = getattr(backbone, name)(out)
             fmap = out[0]
-            c = int(fmap.flatten(1).std(dim=1).argmax())          # the channel that varies most over the map
+            # the channel that varies most over the map
+            c = int(fmap.flatten(1).std(dim=1).argmax())
             axes[row, col].imshow(fmap[c].numpy(), cmap="magma")
-            axes[row, col].set_title(f"{name}: {fmap.shape[-1]} x {fmap.shape[-1]}, channel {c}", fontsize=9)
+            axes[row, col].set_title(f"{name}: {fmap.shape[-1]} x {fmap.shape[-1]}, channel {c}",
+                                     fontsize=9)
 for ax in axes.flat:
     ax.axis("off")
 fig.suptitle("One channel of each stage's output, randomly initialised ResNet-50", y=1.0)
@@ -180,7 +200,8 @@ with torch.no_grad():
     for size in (224, 96):
         views = torch.randn(2, 3, size, size)
         last_map = nn.Sequential(*list(backbone.children())[:-2])(views)
-        print(f"{size:3d} px views: layer4 map {tuple(last_map.shape)} -> feature {tuple(backbone(views).shape)}")
+        print(f"{size:3d} px views: layer4 map {tuple(last_map.shape)} -> feature "
+              f"{tuple(backbone(views).shape)}")
 
 # %% [markdown]
 # ### Think! 1
@@ -219,10 +240,12 @@ head = DINOHead(feature_dim, out_dim=65536)
 print(head)
 
 # %% tags=["hide-input"]
-rows = ["| part | layer | weight shape | parameters | trained by SGD |", "| --- | --- | --- | ---: | --- |"]
+rows = (["| part | layer | weight shape | parameters | trained by SGD |",
+         "| --- | --- | --- | ---: | --- |"])
 for name, p in head.named_parameters():
     part = "last layer" if name.startswith("last_layer") else "MLP"
-    rows.append(f"| {part} | `{name}` | {tuple(p.shape)} | {p.numel():,} | {'yes' if p.requires_grad else 'no (fixed at 1)'} |")
+    rows.append(f"| {part} | `{name}` | {tuple(p.shape)} | {p.numel():,} | "
+                f"{'yes' if p.requires_grad else 'no (fixed at 1)'} |")
 head_params, backbone_params = count(head), count(backbone)
 last_params = count(head.last_layer)
 rows.append(f"| **head** | | | **{head_params:,}** | |")
@@ -231,7 +254,8 @@ display(Markdown("\n".join(rows)))
 glue("head_millions", f"{head_params / 1e6:.1f}", display=False)
 glue("backbone_millions", f"{backbone_params / 1e6:.1f}", display=False)
 glue("last_layer_share", f"{100 * last_params / head_params:.0f}", display=False)
-glue("wide_last_layer_millions", f"{2048 * 65536 / 1e6:.0f}", display=False)  # a last layer fed by 2048-d
+# a last layer fed by 2048-d
+glue("wide_last_layer_millions", f"{2048 * 65536 / 1e6:.0f}", display=False)
 print(f"head {head_params / 1e6:.1f} M, backbone {backbone_params / 1e6:.1f} M, "
       f"last layer {100 * last_params / head_params:.0f}% of the head")
 
@@ -250,21 +274,23 @@ print(f"head {head_params / 1e6:.1f} M, backbone {backbone_params / 1e6:.1f} M, 
 # given inputs `u` of shape (B, d), directions `v` (K, d) and lengths `g` (K, 1), return the (B, K) outputs
 # $u W^\top$.
 
-# %% tags=["raises-exception"]
+# %% tags=["exercise"]
 def weight_norm_linear(u: torch.Tensor, v: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    """u (B, d), v (K, d), g (K, 1) -> (B, K) outputs u @ W.T with rows W_k = g_k * v_k / ||v_k||."""
+    """u (B, d), v (K, d), g (K, 1) -> (B, K) outputs u @ W.T with rows W_k = g_k * v_k / ||v_k||.
+    """
     #################################################################
     # Fill in the blanks (...), then remove this line.
-    raise NotImplementedError("Exercise 1: the weight-normalised linear layer")
+    raise NotImplementedError("weight_norm_linear still has blanks (...)")
     #################################################################
     weight = ...  # (K, d): each row of v scaled to length g_k
     return ...
 
 
-# %% tags=["hide-cell"]
+# %% tags=["solution", "hide-cell"]
 # Solution to exercise 1
 def weight_norm_linear(u: torch.Tensor, v: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    """u (B, d), v (K, d), g (K, 1) -> (B, K) outputs u @ W.T with rows W_k = g_k * v_k / ||v_k||."""
+    """u (B, d), v (K, d), g (K, 1) -> (B, K) outputs u @ W.T with rows W_k = g_k * v_k / ||v_k||.
+    """
     weight = g * v / v.norm(dim=1, keepdim=True)
     return u @ weight.T
 
@@ -280,14 +306,15 @@ def check_weight_norm_linear(fn):
             if not norm_last_layer:
                 layer.weight_g.copy_(torch.rand(1000, 1) * 3)         # and gains other than 1
         mine, ref = fn(u, layer.weight_v, layer.weight_g), layer(u)
-        assert mine.shape == ref.shape, f"your output has shape {tuple(mine.shape)}, expected {tuple(ref.shape)}"
+        assert mine.shape == ref.shape, (f"your output has shape {tuple(mine.shape)}, expected "
+                                         f"{tuple(ref.shape)}")
         assert torch.allclose(mine, ref, atol=1e-5), (
-            f"outputs differ from DINOHead's last layer (norm_last_layer={norm_last_layer}) by up to "
-            f"{(mine - ref).abs().max():.3g}: is every row of v divided by its own norm?")
+            f"outputs differ from DINOHead's last layer (norm_last_layer={norm_last_layer}) by up "
+            f"to {(mine - ref).abs().max():.3g}: is every row of v divided by its own norm?")
     print("Correct: your layer matches the last layer of dino_tutorial.model.DINOHead")
 
 
-check_weight_norm_linear(weight_norm_linear)
+check_exercise(1, check_weight_norm_linear, weight_norm_linear)
 
 # %% [markdown]
 # ### Coding exercise 2: the head's forward pass
@@ -304,24 +331,27 @@ check_weight_norm_linear(weight_norm_linear)
 # row $v_k$ by an angle proportional to $1 / \|v_k\|^2$, so rows drawn with std 0.02 (length 0.32) would turn
 # about 3.3 times as far per step.
 
-# %% tags=["raises-exception"]
+# %% tags=["exercise"]
 class MyWeightNormLinear(nn.Module):
     def __init__(self, in_dim: int, out_dim: int):
         super().__init__()
-        bound = 1 / math.sqrt(in_dim)                              # nn.Linear's default initialisation
+        # nn.Linear's default initialisation
+        bound = 1 / math.sqrt(in_dim)
         self.weight_v = nn.Parameter(torch.empty(out_dim, in_dim).uniform_(-bound, bound))
-        self.weight_g = nn.Parameter(torch.ones(out_dim, 1), requires_grad=False)  # norm_last_layer=True
+        # norm_last_layer=True
+        self.weight_g = nn.Parameter(torch.ones(out_dim, 1), requires_grad=False)
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         return weight_norm_linear(u, self.weight_v, self.weight_g)
 
 
 class MyDINOHead(nn.Module):
-    def __init__(self, in_dim: int, out_dim: int = 65536, hidden_dim: int = 2048, bottleneck_dim: int = 256):
+    def __init__(self, in_dim: int, out_dim: int = 65536, hidden_dim: int = 2048,
+                 bottleneck_dim: int = 256):
         super().__init__()
         #################################################################
         # Fill in the blanks (...), then remove this line.
-        raise NotImplementedError("Exercise 2: the DINO head")
+        raise NotImplementedError("MyDINOHead still has blanks (...)")
         #################################################################
         self.mlp = nn.Sequential(...)  # Linear, GELU, Linear, GELU, Linear (to the bottleneck)
         self.last_layer = MyWeightNormLinear(..., ...)
@@ -331,10 +361,11 @@ class MyDINOHead(nn.Module):
         return ...
 
 
-# %% tags=["hide-cell"]
+# %% tags=["solution", "hide-cell"]
 # Solution to exercise 2
 class MyDINOHead(nn.Module):
-    def __init__(self, in_dim: int, out_dim: int = 65536, hidden_dim: int = 2048, bottleneck_dim: int = 256):
+    def __init__(self, in_dim: int, out_dim: int = 65536, hidden_dim: int = 2048,
+                 bottleneck_dim: int = 256):
         super().__init__()
         self.mlp = nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.GELU(),
                                  nn.Linear(hidden_dim, hidden_dim), nn.GELU(),
@@ -354,23 +385,26 @@ def check_head(cls):
     ref_norm = ref.last_layer.weight_v.norm(dim=1).mean().item()
     my_norm = mine.last_layer.weight_v.norm(dim=1).mean().item()
     assert abs(my_norm - ref_norm) < 0.02, (
-        f"your last layer's rows start with length {my_norm:.3f}, the authors' with {ref_norm:.3f}: keep "
-        f"MyWeightNormLinear's initialisation")
+        f"your last layer's rows start with length {my_norm:.3f}, the authors' with "
+        f"{ref_norm:.3f}: keep MyWeightNormLinear's initialisation")
     try:
         mine.load_state_dict(ref.state_dict())
     except RuntimeError as err:
-        raise AssertionError(f"your head's parameters do not have the package head's names and shapes: {err}")
+        raise AssertionError(f"your head's parameters do not have the package head's names and "
+                             f"shapes: {err}")
     y = torch.randn(4, feature_dim) * 3
     with torch.no_grad():
         ours, theirs = mine(y), ref(y)
-    assert ours.shape == theirs.shape, f"your output has shape {tuple(ours.shape)}, expected {tuple(theirs.shape)}"
+    assert ours.shape == theirs.shape, (f"your output has shape {tuple(ours.shape)}, expected "
+                                        f"{tuple(theirs.shape)}")
     assert torch.allclose(ours, theirs, atol=1e-5), (
         f"outputs differ by up to {(ours - theirs).abs().max():.3g}: check the activations (GELU), "
         f"the normalisation (over the last dimension) and the order of the steps")
-    print("Correct: with the same weights, your head computes what dino_tutorial.model.DINOHead computes")
+    print("Correct: with the same weights, your head computes what dino_tutorial.model.DINOHead "
+          "computes")
 
 
-check_head(MyDINOHead)
+check_exercise(2, check_head, MyDINOHead)
 
 # %% [markdown]
 # ## Section 3: why the last layer is weight-normalised
@@ -410,15 +444,19 @@ with torch.no_grad():
 print(f"features: {tuple(features.shape)}")
 
 
-def train_head(norm_last_layer: bool, steps: int = 60, lr: float = 0.3, out_dim: int = 4096) -> dict:
-    """SGD on a fresh head with a self-sharpening target; returns row lengths of W and the largest output."""
+def train_head(norm_last_layer: bool, steps: int = 60, lr: float = 0.3,
+               out_dim: int = 4096) -> dict:
+    """SGD on a fresh head with a self-sharpening target; returns row lengths of W and the largest
+    output."""
     set_seed(0)
     head = DINOHead(feature_dim, out_dim=out_dim, norm_last_layer=norm_last_layer)
-    optimizer = torch.optim.SGD([p for p in head.parameters() if p.requires_grad], lr=lr, momentum=0.9)
+    optimizer = (torch.optim.SGD([p for p in head.parameters() if p.requires_grad], lr=lr,
+                                 momentum=0.9))
     record = {"max_output": [], "loss": []}
     for _ in range(steps):
         out = head(features)                                                 # (32, K)
-        target = F.softmax(out.detach() / 0.04, dim=-1)                      # sharpened, no gradient
+        # sharpened, no gradient
+        target = F.softmax(out.detach() / 0.04, dim=-1)
         loss = -(target * F.log_softmax(out / 0.1, dim=-1)).sum(-1).mean()
         optimizer.zero_grad()
         loss.backward()
@@ -427,15 +465,16 @@ def train_head(norm_last_layer: bool, steps: int = 60, lr: float = 0.3, out_dim:
         record["loss"].append(loss.item())
     record["row_norms"] = head.last_layer.weight.detach().norm(dim=1)
     with torch.no_grad():
-        record["outputs_used"] = head(features).argmax(dim=1).unique().numel()  # distinct top outputs over 32 photos
+        # distinct top outputs over 32 photos
+        record["outputs_used"] = head(features).argmax(dim=1).unique().numel()
     return record
 
 
 runs = {norm: train_head(norm) for norm in (True, False)}
 for norm, r in runs.items():
-    print(f"norm_last_layer={norm!s:5}: row lengths in [{r['row_norms'].min():.3f}, {r['row_norms'].max():.3f}], "
-          f"largest output {r['max_output'][-1]:.3f}, loss {r['loss'][-1]:.2g}, "
-          f"distinct top outputs over the 32 photos: {r['outputs_used']}")
+    print(f"norm_last_layer={norm!s:5}: row lengths in [{r['row_norms'].min():.3f}, "
+          f"{r['row_norms'].max():.3f}], largest output {r['max_output'][-1]:.3f}, loss "
+          f"{r['loss'][-1]:.2g}, distinct top outputs over the 32 photos: {r['outputs_used']}")
 longest = runs[False]["row_norms"].max().item()
 glue("free_max_norm", f"{longest:.1f}", display=False)
 glue("free_max_output", f"{runs[False]['max_output'][-1]:.1f}", display=False)
@@ -446,7 +485,7 @@ glue("fixed_used", runs[True]["outputs_used"], display=False)
 glue("free_used", runs[False]["outputs_used"], display=False)
 
 # %% tags=["hide-input"]
-fig, axes = plt.subplots(1, 3, figsize=(14, 3.6))
+fig, axes = plt.subplots(1, 3, figsize=(9, 2.3))
 colours = {True: "tab:blue", False: "tab:orange"}
 steps = np.arange(1, len(runs[True]["loss"]) + 1)
 for norm, r in runs.items():
@@ -457,11 +496,13 @@ for norm, r in runs.items():
     axes[2].plot(np.arange(1, len(ranked) + 1), ranked, color=colours[norm], lw=2, label=label)
 axes[1].axhline(1.0, color="k", ls="--", lw=1, label="bound when $g_k = 1$")
 axes[0].set(xlabel="SGD step", ylabel="cross-entropy (nats)", title="Both heads fit the target")
-axes[1].set(xlabel="SGD step", ylabel="largest $|h(y)_k|$ in the batch", title="Largest output, before $1/\\tau$")
-axes[2].set(xscale="log", xlabel="output row k, longest first", ylabel="row length $\\|w_k\\| = g_k$",
+axes[1].set(xlabel="SGD step", ylabel="largest $|h(y)_k|$ in the batch",
+            title="Largest output, before $1/\\tau$")
+axes[2].set(xscale="log", xlabel="output row k, longest first",
+            ylabel="row length $\\|w_k\\| = g_k$",
             title=f"Row lengths after {len(steps)} steps")
 for ax in axes:
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=9)
 plt.tight_layout()
 plt.show()
 
@@ -521,23 +562,27 @@ plt.show()
 augment = MultiCropAugmentation()               # 2 global views of 224 px, 8 local views of 96 px
 set_seed(0)
 per_image = [augment(photo) for photo in PHOTOS]                 # B lists of 10 views
-crops = [torch.stack(views) for views in zip(*per_image)]       # 10 tensors (B, 3, H, W), view by view
+# 10 tensors (B, 3, H, W), view by view
+crops = [torch.stack(views) for views in zip(*per_image)]
 print(f"B = {len(PHOTOS)} images, {len(crops)} views each:")
 for i, c in enumerate(crops):
     print(f"  crop {i}: {tuple(c.shape)}")
 print("resolution groups (start, end):", MultiCropWrapper.resolution_groups(crops))
 
 # %% tags=["hide-input"]
-fig, axes = plt.subplots(len(PHOTOS), 10, figsize=(14, 3.2), gridspec_kw={"width_ratios": [224] * 2 + [96] * 8})
+fig, axes = (plt.subplots(len(PHOTOS), 10, figsize=(9, 2.1),
+                          gridspec_kw={"width_ratios": [224] * 2 + [96] * 8}))
 for b in range(len(PHOTOS)):
     for i, c in enumerate(crops):
         axes[b, i].imshow(show(c[b]))
         axes[b, i].set_xticks([])
         axes[b, i].set_yticks([])
         if b == 0:
-            axes[b, i].set_title(("global" if i < 2 else "local") + f" {i}\n{c.shape[-1]} px", fontsize=8)
+            axes[b, i].set_title(("global" if i < 2 else "local") + f" {i}\n{c.shape[-1]} px",
+                                 fontsize=9)
     axes[b, 0].set_ylabel(f"image {b}")
-fig.suptitle("The student's input: a list of 10 tensors, each holding one view of every image", y=1.1)
+fig.suptitle("The student's input: a list of 10 tensors, each holding one view of every image",
+             y=1.1)
 plt.show()
 
 # %% [markdown]
@@ -564,9 +609,10 @@ glue("n_backbone_calls", len(calls), display=False)
 # is how the loss in {doc}`04_dino_loss` pairs them. The teacher gets only the two global views and makes one
 # backbone call.
 #
-# Fewer, larger calls are faster on a GPU, where a batch of a few images leaves most of the device idle; on a
-# CPU the arithmetic is the same either way and so is the time. The cell times both on this chapter's
-# `DEVICE` (a timing, so its output varies from run to run):
+# Fewer, larger calls are faster on a GPU, where a batch of a few images leaves most of the device idle. On a
+# CPU the arithmetic is the same either way, but the time need not be: each call has its own overhead and
+# reads the weights again, and a larger batch uses the vectorised kernels better. The cell times both on this
+# chapter's `DEVICE` (a timing, so its output varies from run to run, and the ratio with the machine):
 
 # %% tags=["nbval-ignore-output"]
 def seconds(fn, repeats=2):
@@ -587,7 +633,8 @@ student.to(DEVICE)
 crops_on_device = [c.to(DEVICE) for c in crops]
 with torch.no_grad():
     grouped = seconds(lambda: student(crops_on_device))
-    per_view = seconds(lambda: student.head(torch.cat([student.backbone(c) for c in crops_on_device])))
+    per_view = seconds(lambda: student.head(
+        torch.cat([student.backbone(c) for c in crops_on_device])))
 student.to("cpu")
 print(f"on {DEVICE}: grouped by resolution (2 backbone calls) {1000 * grouped:.0f} ms, "
       f"one call per view (10 calls) {1000 * per_view:.0f} ms")
@@ -599,12 +646,13 @@ print(f"on {DEVICE}: grouped by resolution (2 backbone calls) {1000 * grouped:.0
 # views with the same resolution. A compact way is `torch.unique_consecutive` on the list of sizes with
 # `return_counts=True`: the counts are the group lengths, and their cumulative sum gives the ends.
 
-# %% tags=["raises-exception"]
+# %% tags=["exercise"]
 def group_by_resolution(crops: list) -> list:
-    """[(start, end), ...]: index ranges of consecutive tensors in `crops` that share a resolution."""
+    """[(start, end), ...]: index ranges of consecutive tensors in `crops` that share a resolution.
+    """
     #################################################################
     # Fill in the blanks (...), then remove this line.
-    raise NotImplementedError("Exercise 3: group the views by resolution")
+    raise NotImplementedError("group_by_resolution still has blanks (...)")
     #################################################################
     sizes = torch.tensor([...])                 # one number per view: its side length
     _, counts = torch.unique_consecutive(sizes, return_counts=True)
@@ -613,10 +661,11 @@ def group_by_resolution(crops: list) -> list:
     return [(int(s), int(e)) for s, e in zip(starts, ends)]
 
 
-# %% tags=["hide-cell"]
+# %% tags=["solution", "hide-cell"]
 # Solution to exercise 3
 def group_by_resolution(crops: list) -> list:
-    """[(start, end), ...]: index ranges of consecutive tensors in `crops` that share a resolution."""
+    """[(start, end), ...]: index ranges of consecutive tensors in `crops` that share a resolution.
+    """
     sizes = torch.tensor([c.shape[-1] for c in crops])
     _, counts = torch.unique_consecutive(sizes, return_counts=True)
     ends = torch.cumsum(counts, dim=0)
@@ -640,14 +689,16 @@ def check_grouping(fn):
         expected = [2 * (e - s) for s, e in MultiCropWrapper.resolution_groups(views)]
         mine = fn(views)
         assert mine == MultiCropWrapper.resolution_groups(views), (
-            f"{name}: your groups {mine} differ from MultiCropWrapper's {MultiCropWrapper.resolution_groups(views)}")
+            f"{name}: your groups {mine} differ from MultiCropWrapper's "
+            f"{MultiCropWrapper.resolution_groups(views)}")
         assert [2 * (e - s) for s, e in mine] == seen == expected, (
             f"{name}: your groups imply backbone batches of {[2 * (e - s) for s, e in mine]}, "
             f"the wrapper made {seen}")
-    print("Correct: your groups match MultiCropWrapper's backbone calls, one per run of equal resolutions")
+    print("Correct: your groups match MultiCropWrapper's backbone calls, one per run of equal "
+          "resolutions")
 
 
-check_grouping(group_by_resolution)
+check_exercise(3, check_grouping, group_by_resolution)
 
 # %% [markdown]
 # ### Think! 3

@@ -34,13 +34,13 @@
 # - Read the teacher as a Polyak–Ruppert average: an ensemble of past students with exponentially decaying
 #   weights.
 # - Write a short DINO training loop from the package's pieces and compare the teacher with the student it
-#   averages, on real images (paper Section 5.3, Fig. 6).
+#   averages, on real images (paper Section 5.2, Fig. 6).
 
 # %% [markdown]
 # ## Setup
 
 # %% tags=["hide-input"]
-# Install the course package when it is missing (in Colab); locally: `pip install -e .` in the repository.
+# Install the course package when it is missing (Colab); locally: `pip install -e .` in the repo.
 try:
     import dino_tutorial
 except ImportError:
@@ -72,13 +72,28 @@ from dino_tutorial.train import set_seed
 DEVICE = setup(seed=0)
 print(f"device: {DEVICE}")
 
+
+def check_exercise(number: int, check, *answer) -> None:
+    """Run exercise `number`'s check on your answer; while it has blanks, say so in one line."""
+    try:
+        check(*answer)
+    except NotImplementedError as blank:
+        print(f"Exercise {number} is not done yet: {blank}. Fill them in, delete the `raise` line, "
+              f"then run the exercise cell and this one again.")
+    except (TypeError, AttributeError) as error:
+        if "ellipsis" not in str(error) and "NoneType" not in str(error):
+            raise
+        print(f"Exercise {number} is not done yet: a blank (...) is left or nothing is returned "
+              f"({error}).")
+
 # %% tags=["hide-input"]
 # The data: Imagenette (imagenette-mini when present, else the 160 px version, downloaded).
 try:
     IMAGENETTE = imagenette_root()
 except FileNotFoundError as err:
-    print(f"This chapter needs Imagenette: set DINO_DATA to a folder with imagenette-mini/ or imagenette2-160/, "
-          f"or run online so that it is downloaded into {resolve_data_root()} ({err})")
+    print(f"This chapter needs Imagenette: set DINO_DATA to a folder with imagenette-mini/ or "
+          f"imagenette2-160/, or run online so that it is downloaded into {resolve_data_root()} "
+          f"({err})")
     raise SystemExit(1)
 print(f"Imagenette found: {IMAGENETTE.name}")
 
@@ -95,7 +110,7 @@ print(f"Imagenette found: {IMAGENETTE.name}")
 # $$
 #
 # an exponential moving average (EMA) with a momentum $\lambda$ close to 1, as in the momentum encoder of
-# MoCo (He et al. 2020). Section 5.3 (Fig. 6, right) compares other ways to build a teacher from the student:
+# MoCo (He et al. 2020). Section 5.2 (Fig. 6, right) compares other ways to build a teacher from the student:
 # copying the student, or taking the student of the previous iteration, does not work at all; the student of
 # the previous epoch works, and the momentum teacher works best.
 #
@@ -120,7 +135,8 @@ print(f"teacher parameters: {n_params / 1e6:.1f} M, of which require a gradient:
 # knows the student's parameters. A small batch of 2 images is enough to check where the gradients go.
 
 # %%
-augment = MultiCropAugmentation()                                    # 2 x 224 px + 8 x 96 px, as in the recipe
+# 2 x 224 px + 8 x 96 px, as in the recipe
+augment = MultiCropAugmentation()
 photos = imagenette("val", per_class=1)
 set_seed(0)
 views = [augment(photos[i][0]) for i in range(2)]
@@ -136,7 +152,8 @@ loss.backward()
 student_grads = sum(p.grad is not None for p in student.parameters())
 teacher_grads = sum(p.grad is not None for p in teacher.parameters())
 print(f"loss {loss.item():.3f}; parameters with a gradient: student {student_grads} of "
-      f"{len(list(student.parameters()))}, teacher {teacher_grads} of {len(list(teacher.parameters()))}")
+      f"{len(list(student.parameters()))}, teacher {teacher_grads} of "
+      f"{len(list(teacher.parameters()))}")
 student.zero_grad(set_to_none=True)
 
 # %% [markdown]
@@ -152,19 +169,19 @@ student.zero_grad(set_to_none=True)
 # parameter becomes `momentum * teacher + (1 - momentum) * student`. Like the authors' code, average the
 # *parameters* only: the BatchNorm running statistics (buffers) of the teacher are its own.
 
-# %% tags=["raises-exception"]
+# %% tags=["exercise"]
 @torch.no_grad()
 def my_ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
     """theta_t <- momentum * theta_t + (1 - momentum) * theta_s for every parameter, in place."""
     #################################################################
     # Fill in the blanks (...), then remove this line.
-    raise NotImplementedError("Exercise 1: the EMA update")
+    raise NotImplementedError("my_ema_update still has blanks (...)")
     #################################################################
     for p_t, p_s in zip(..., ...):
         ...
 
 
-# %% tags=["hide-cell"]
+# %% tags=["solution", "hide-cell"]
 # Solution to exercise 1
 @torch.no_grad()
 def my_ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
@@ -180,7 +197,8 @@ def check_ema_update(fn):
     small_student = MultiCropWrapper(small_backbone, DINOHead(dim, out_dim=256, hidden_dim=64))
     mine, reference = make_teacher(small_student), make_teacher(small_student)
     with torch.no_grad():
-        for p in small_student.parameters():                  # let the student move away from the teacher
+        # let the student move away from the teacher
+        for p in small_student.parameters():
             p.add_(torch.randn_like(p) * 0.1)
         for b in small_student.buffers():
             b.add_(1)
@@ -188,14 +206,15 @@ def check_ema_update(fn):
         fn(mine, small_student, momentum)
         ema_update(reference, small_student, momentum)
     for (name, a), b in zip(mine.named_parameters(), reference.parameters()):
-        assert torch.allclose(a, b, atol=1e-6), f"parameter {name} differs from dino_tutorial.teacher.ema_update"
+        assert torch.allclose(a, b, atol=1e-6), (f"parameter {name} differs from "
+                                                 "dino_tutorial.teacher.ema_update")
         assert not a.requires_grad, f"parameter {name} of the teacher now requires a gradient"
     for (name, a), b in zip(mine.named_buffers(), reference.buffers()):
         assert torch.equal(a, b), f"buffer {name} changed: only parameters are averaged"
     print("Correct: your update matches dino_tutorial.teacher.ema_update")
 
 
-check_ema_update(my_ema_update)
+check_exercise(1, check_ema_update, my_ema_update)
 
 # %% [markdown]
 # ### Think! 1
@@ -206,7 +225,7 @@ check_ema_update(my_ema_update)
 # :class: dropdown
 # With $\lambda = 0$ the teacher is a copy of the current student. The student is then asked to predict its
 # own (sharpened, centred) outputs on other views, and nothing stops both from drifting together to a trivial
-# solution; the paper's "student copy" teacher fails (Section 5.3, Fig. 6 right). With $\lambda = 1$ the teacher
+# solution; the paper's "student copy" teacher fails (Section 5.2, Fig. 6 right). With $\lambda = 1$ the teacher
 # never moves: it stays the randomly initialised network, and the student can at best learn to imitate a random
 # network's outputs. The useful range is in between and close to 1: the teacher follows the student, slowly
 # enough that its targets change little from one step to the next.
@@ -223,15 +242,16 @@ check_ema_update(my_ema_update)
 # $$
 #
 # The package's `cosine_schedule(base_value, final_value, epochs, niter_per_ep)` computes it. For the
-# ResNet-50 recipe, 100 epochs of ImageNet's 1,281,167 training images in batches of 1024 (the last incomplete
-# batch of an epoch is dropped):
+# ResNet-50 recipe, 100 epochs of ImageNet's 1,281,167 training images in batches of 512 (the authors'
+# command: 8 GPUs of 64 images; the last incomplete batch of an epoch is dropped):
 
 # %%
-IMAGENET_TRAIN_IMAGES, TOTAL_BATCH, EPOCHS = 1_281_167, 1024, 100
+IMAGENET_TRAIN_IMAGES, TOTAL_BATCH, EPOCHS = 1_281_167, 8 * 64, 100
 niter_per_ep = IMAGENET_TRAIN_IMAGES // TOTAL_BATCH
 momentum = cosine_schedule(0.996, 1.0, EPOCHS, niter_per_ep)
 print(f"{niter_per_ep} iterations per epoch, {len(momentum):,} in all")
-print(f"momentum: first {momentum[0]:.4f}, middle {momentum[len(momentum) // 2]:.4f}, last {momentum[-1]:.6f}")
+print(f"momentum: first {momentum[0]:.4f}, middle {momentum[len(momentum) // 2]:.4f}, last "
+      f"{momentum[-1]:.6f}")
 glue("niter_per_ep", f"{niter_per_ep:,}", display=False)
 glue("niter_total", f"{len(momentum):,}", display=False)
 
@@ -243,9 +263,10 @@ glue("niter_total", f"{len(momentum):,}", display=False)
 # %% tags=["hide-input"]
 epochs_axis = np.arange(len(momentum)) / niter_per_ep
 window = 1.0 / np.maximum(1.0 - momentum, 1e-12)
-fig, axes = plt.subplots(1, 2, figsize=(12, 3.6))
+fig, axes = plt.subplots(1, 2, figsize=(9, 2.7))
 axes[0].plot(epochs_axis, momentum)
-axes[0].set(xlabel="epoch", ylabel="teacher momentum $\\lambda$", title="Cosine schedule from 0.996 to 1")
+axes[0].set(xlabel="epoch", ylabel="teacher momentum $\\lambda$",
+            title="Cosine schedule from 0.996 to 1")
 axes[1].plot(epochs_axis[:-1], window[:-1], label="window $1/(1-\\lambda)$ in iterations")
 axes[1].plot(epochs_axis[:-1], window[:-1] / niter_per_ep, label="the same in epochs")
 axes[1].set(xlabel="epoch", yscale="log", ylim=(0.1, 1e6), ylabel="averaging window",
@@ -276,22 +297,24 @@ glue("window_90", f"{window[90 * niter_per_ep] / niter_per_ep:.1f}", display=Fal
 # Write the schedule: one value per iteration, `epochs * niter_per_ep` in all, from `base` at the first
 # iteration along half a cosine towards `final` (reached only after the last iteration, at $i = N$).
 
-# %% tags=["raises-exception"]
+# %% tags=["exercise"]
 def my_momentum_schedule(base: float, final: float, epochs: int, niter_per_ep: int) -> np.ndarray:
-    """lambda_i = final + (base - final) * (1 + cos(pi * i / N)) / 2 for i = 0 .. N - 1, N = epochs * niter_per_ep."""
+    """lambda_i = final + (base - final) * (1 + cos(pi * i / N)) / 2 for i = 0 .. N - 1, N = epochs
+    * niter_per_ep."""
     #################################################################
     # Fill in the blanks (...), then remove this line.
-    raise NotImplementedError("Exercise 2: the momentum schedule")
+    raise NotImplementedError("my_momentum_schedule still has blanks (...)")
     #################################################################
     n = ...
     i = np.arange(n)
     return ...
 
 
-# %% tags=["hide-cell"]
+# %% tags=["solution", "hide-cell"]
 # Solution to exercise 2
 def my_momentum_schedule(base: float, final: float, epochs: int, niter_per_ep: int) -> np.ndarray:
-    """lambda_i = final + (base - final) * (1 + cos(pi * i / N)) / 2 for i = 0 .. N - 1, N = epochs * niter_per_ep."""
+    """lambda_i = final + (base - final) * (1 + cos(pi * i / N)) / 2 for i = 0 .. N - 1, N = epochs
+    * niter_per_ep."""
     n = epochs * niter_per_ep
     i = np.arange(n)
     return final + (base - final) * (1 + np.cos(np.pi * i / n)) / 2
@@ -301,13 +324,15 @@ def my_momentum_schedule(base: float, final: float, epochs: int, niter_per_ep: i
 def check_momentum_schedule(fn):
     for args in [(0.996, 1.0, EPOCHS, niter_per_ep), (0.99, 1.0, 3, 7), (0.9, 0.95, 1, 1)]:
         mine, reference = np.asarray(fn(*args)), cosine_schedule(*args)
-        assert mine.shape == reference.shape, f"for {args} you return {mine.shape[0]} values, expected {reference.shape[0]}"
+        assert mine.shape == reference.shape, (f"for {args} you return {mine.shape[0]} values, "
+                                               f"expected {reference.shape[0]}")
         assert np.allclose(mine, reference, atol=1e-9), (
-            f"for {args} your schedule differs from cosine_schedule by up to {np.abs(mine - reference).max():.2g}")
+            f"for {args} your schedule differs from cosine_schedule by up to "
+            f"{np.abs(mine - reference).max():.2g}")
     print("Correct: your schedule matches dino_tutorial.schedules.cosine_schedule")
 
 
-check_momentum_schedule(my_momentum_schedule)
+check_exercise(2, check_momentum_schedule, my_momentum_schedule)
 
 # %% [markdown]
 # ## Section 3: the teacher is an ensemble of past students
@@ -319,7 +344,7 @@ check_momentum_schedule(my_momentum_schedule)
 # \theta_t^{(n)} = \lambda^n\,\theta_t^{(0)} + (1 - \lambda) \sum_{i=1}^{n} \lambda^{\,n-i}\,\theta_s^{(i)} .
 # $$
 #
-# The teacher is a weighted average of all past students, the recent ones weighted most. Section 5.3 of the
+# The teacher is a weighted average of all past students, the recent ones weighted most. Section 5.2 of the
 # paper relates this to **Polyak–Ruppert averaging** (Polyak and Juditsky 1992; Ruppert 1988): averaging the
 # iterates of stochastic gradient descent cancels much of their noise, and an average of models is a form of
 # **model ensembling** that usually beats each member. The paper observes that the teacher is better than the
@@ -333,11 +358,14 @@ check_momentum_schedule(my_momentum_schedule)
 fig, ax = plt.subplots(figsize=(7, 3.4))
 ages = np.arange(0, 20001)
 for lam in (0.996, 0.999, 0.9999):
-    epoch = int(np.argmax(momentum >= lam - 1e-12)) // niter_per_ep              # when the schedule reaches lam
-    ax.plot(ages, (1 - lam) * lam ** ages, label=f"$\\lambda$ = {lam} (epoch {epoch}): window {1 / (1 - lam):,.0f}")
-ax.set(xscale="log", yscale="log", ylim=(1e-7, 1e-2), xlabel="age of the student in the average (iterations)",
+    # when the schedule reaches lam
+    epoch = int(np.argmax(momentum >= lam - 1e-12)) // niter_per_ep
+    ax.plot(ages, (1 - lam) * lam ** ages, label=f"$\\lambda$ = {lam} (epoch {epoch}): window "
+                                                 f"{1 / (1 - lam):,.0f}")
+ax.set(xscale="log", yscale="log", ylim=(1e-7, 1e-2),
+       xlabel="age of the student in the average (iterations)",
        ylabel="weight in the teacher", title="The teacher as a weighted average of past students")
-ax.legend(fontsize=8)
+ax.legend(fontsize=9)
 plt.tight_layout()
 plt.show()
 
@@ -379,15 +407,18 @@ plt.show()
 # %%
 ON_GPU = DEVICE.type == "cuda"
 RUN = dict(
-    arch="resnet18", global_size=64, local_size=32, local_crops=4, crops_scale=((0.25, 1.0), (0.05, 0.25)),
-    out_dim=1024, head_bn=True, batch=64 if ON_GPU else 16, lr=3e-4, warmup_iters=10, weight_decay=0.04,
+    arch="resnet18", global_size=64, local_size=32, local_crops=4,
+    crops_scale=((0.25, 1.0), (0.05, 0.25)),
+    out_dim=1024, head_bn=True, batch=64 if ON_GPU else 16, lr=3e-4, warmup_iters=10,
+    weight_decay=0.04,
     base_momentum=0.95, iters=600 if ON_GPU else 100, eval_every=50 if ON_GPU else 10,
     train_per_class=260 if ON_GPU else 100, knn_per_class=100 if ON_GPU else 40,
 )
 
 
 def reduced(image: Image.Image, short_side: int = 80) -> Image.Image:
-    """A copy of `image` with its short side resized to `short_side` px: cropping 64 px views stays cheap."""
+    """A copy of `image` with its short side resized to `short_side` px: cropping 64 px views stays
+    cheap."""
     w, h = image.size
     scale = short_side / min(w, h)
     return image.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BICUBIC)
@@ -395,25 +426,28 @@ def reduced(image: Image.Image, short_side: int = 80) -> Image.Image:
 
 train_set = imagenette("train", per_class=RUN["train_per_class"])
 train_images = [reduced(image) for image, _ in train_set]
-to_eval = eval_transform(RUN["global_size"])                    # resize + centre crop to 64 px, normalised
+# resize + centre crop to 64 px, normalised
+to_eval = eval_transform(RUN["global_size"])
 knn_train = imagenette("train", transform=to_eval, per_class=RUN["knn_per_class"])
 knn_val = imagenette("val", transform=to_eval, per_class=RUN["knn_per_class"])
 
 
 def as_batches(dataset, size=250):
-    """The whole dataset as a list of (images, labels) batches: an in-memory loader for extract_features."""
+    """The whole dataset as a list of (images, labels) batches: an in-memory loader for
+    extract_features."""
     images = torch.stack([x for x, _ in dataset])
     labels = torch.tensor(dataset.targets)
     return list(zip(images.split(size), labels.split(size)))
 
 
 knn_train_batches, knn_val_batches = as_batches(knn_train), as_batches(knn_val)
-print(f"{len(train_images)} training photos; k-NN: {len(knn_train)} labelled training images as the memory, "
-      f"{len(knn_val)} validation images to classify")
+print(f"{len(train_images)} training photos; k-NN: {len(knn_train)} labelled training images as "
+      f"the memory, {len(knn_val)} validation images to classify")
 
 
 def knn_top1(backbone: nn.Module) -> float:
-    """Top-1 accuracy (%) of the weighted k-NN classifier (k = 20, T = 0.07) on the backbone's features."""
+    """Top-1 accuracy (%) of the weighted k-NN classifier (k = 20, T = 0.07) on the backbone's
+    features."""
     train_features, train_labels = extract_features(backbone, knn_train_batches, DEVICE)
     val_features, val_labels = extract_features(backbone, knn_val_batches, DEVICE)
     return knn_classify(train_features, train_labels, val_features, val_labels, k=20, T=0.07)[0]
@@ -427,13 +461,15 @@ def knn_top1(backbone: nn.Module) -> float:
 # %%
 set_seed(0)
 backbone, dim = build_backbone(RUN["arch"])
-student = MultiCropWrapper(backbone, DINOHead(dim, out_dim=RUN["out_dim"], use_bn=RUN["head_bn"])).to(DEVICE)
+student = (MultiCropWrapper(backbone, DINOHead(dim, out_dim=RUN["out_dim"],
+                                               use_bn=RUN["head_bn"])).to(DEVICE))
 teacher = make_teacher(student)
 ncrops = 2 + RUN["local_crops"]
 dino_loss = DINOLoss(RUN["out_dim"], ncrops=ncrops, nepochs=1).to(DEVICE)
 optimizer = torch.optim.AdamW(param_groups(student), lr=RUN["lr"], weight_decay=RUN["weight_decay"])
 momentum_schedule = cosine_schedule(RUN["base_momentum"], 1.0, epochs=1, niter_per_ep=RUN["iters"])
-lr_schedule = cosine_schedule(RUN["lr"], RUN["lr"], epochs=RUN["iters"], niter_per_ep=1,   # warmup, then constant
+# warmup, then constant
+lr_schedule = cosine_schedule(RUN["lr"], RUN["lr"], epochs=RUN["iters"], niter_per_ep=1,
                               warmup_epochs=RUN["warmup_iters"])
 augment = MultiCropAugmentation(*RUN["crops_scale"], local_crops_number=RUN["local_crops"],
                                 global_size=RUN["global_size"], local_size=RUN["local_size"])
@@ -446,14 +482,16 @@ def flat_backbone(net: nn.Module) -> torch.Tensor:
 start_weights = flat_backbone(student)
 directions = torch.randn(2, start_weights.numel())
 directions /= directions.norm(dim=1, keepdim=True)
-history = {"iteration": [0], "student": [knn_top1(student.backbone)], "teacher": [knn_top1(teacher.backbone)],
+history = {"iteration": [0], "student": [knn_top1(student.backbone)],
+           "teacher": [knn_top1(teacher.backbone)],
            "loss": []}
 history["teacher"][0] = history["student"][0]                    # identical networks at iteration 0
 paths = {"student": [np.zeros(2)], "teacher": [np.zeros(2)]}
 print(f"iteration   0: k-NN top-1 {history['student'][0]:.1f}% (random initialisation)")
 
 # %% tags=["nbval-ignore-output"]
-# The numbers of this run depend on floating-point summation order, which depends on the CPU's thread count
+# The numbers of this run depend on floating-point summation order, which depends on the CPU's
+# thread count
 # and kernels; the tests compare what the text claims (the check cell below), not the digits.
 set_seed(0)
 order = torch.randperm(len(train_images)).tolist()
@@ -463,10 +501,12 @@ for it in range(RUN["iters"]):
         order += torch.randperm(len(train_images)).tolist()
     batch, order = order[:RUN["batch"]], order[RUN["batch"]:]
     views = [augment(train_images[i]) for i in batch]
-    crops = [torch.stack(v).to(DEVICE) for v in zip(*views)]      # 2 global, then local views: (B, 3, H, W) each
+    # 2 global, then local views: (B, 3, H, W) each
+    crops = [torch.stack(v).to(DEVICE) for v in zip(*views)]
 
     with torch.no_grad():
-        teacher_out = teacher(crops[:2])                          # the teacher sees the global views only
+        # the teacher sees the global views only
+        teacher_out = teacher(crops[:2])
     student_out = student(crops)                                  # the student sees them all
     loss = dino_loss(student_out, teacher_out, epoch=0)
     for group in optimizer.param_groups:
@@ -484,45 +524,48 @@ for it in range(RUN["iters"]):
         history["iteration"].append(it + 1)
         history["student"].append(knn_top1(student.backbone))
         history["teacher"].append(knn_top1(teacher.backbone))
-        print(f"iteration {it + 1:3d}: loss {loss.item():.3f}, k-NN top-1 student {history['student'][-1]:.1f}%, "
-              f"teacher {history['teacher'][-1]:.1f}%")
+        print(f"iteration {it + 1:3d}: loss {loss.item():.3f}, k-NN top-1 student "
+              f"{history['student'][-1]:.1f}%, teacher {history['teacher'][-1]:.1f}%")
 elapsed = time.perf_counter() - started
 
 # %% tags=["nbval-ignore-output"]
-print(f"{RUN['iters']} iterations and {len(history['iteration'])} evaluations of both networks took {elapsed:.0f} s "
-      f"on {DEVICE}")
+print(f"{RUN['iters']} iterations and {len(history['iteration'])} evaluations of both networks "
+      f"took {elapsed:.0f} s on {DEVICE}")
 
 # %% tags=["hide-input"]
 iterations = np.array(history["iteration"])
 student_path, teacher_path = np.array(paths["student"]), np.array(paths["teacher"])
 colours = {"student": "tab:orange", "teacher": "tab:blue"}
-fig, axes = plt.subplots(2, 2, figsize=(12, 7.5))
+fig, axes = plt.subplots(2, 2, figsize=(9, 5.6))
 ax = axes[0, 0]
 for name in ("student", "teacher"):
     ax.plot(iterations, history[name], "o-", color=colours[name], label=name)
 ax.axhline(history["student"][0], color="gray", ls=":", label="random initialisation")
 ax.axhline(10, color="k", ls="--", lw=0.8, label="chance (10 classes)")
-ax.set(xlabel="iteration", ylabel="k-NN top-1 (%)", title="k-NN accuracy of the backbones (Imagenette val)")
-ax.legend(fontsize=8)
+ax.set(xlabel="iteration", ylabel="k-NN top-1 (%)",
+       title="k-NN accuracy of the backbones (Imagenette val)")
+ax.legend(fontsize=9)
 ax = axes[0, 1]
 ax.plot(np.arange(1, len(history["loss"]) + 1), history["loss"], color="k", lw=1)
 ax.axhline(np.log(RUN["out_dim"]), color="gray", ls=":", label="$\\ln K$ (uniform outputs)")
 ax.set(xlabel="iteration", ylabel="DINO loss (nats)", title="Training loss")
-ax.legend(fontsize=8)
+ax.legend(fontsize=9)
 ax = axes[1, 0]
 steps = np.arange(len(student_path))
 for name, path in (("student", student_path), ("teacher", teacher_path)):
     ax.plot(steps, path[:, 0], color=colours[name], lw=1 if name == "student" else 2, label=name)
 ax.set(xlabel="iteration", ylabel="change of the weights along direction 1",
        title="One coordinate of the backbone's weights over time")
-ax.legend(fontsize=8)
+ax.legend(fontsize=9)
 ax = axes[1, 1]
 for name, path in (("student", student_path), ("teacher", teacher_path)):
-    ax.plot(path[:, 0], path[:, 1], color=colours[name], lw=1 if name == "student" else 2, label=name)
+    ax.plot(path[:, 0], path[:, 1], color=colours[name], lw=1 if name == "student" else 2,
+            label=name)
     ax.plot(*path[-1], "o", color=colours[name])
 ax.plot(0, 0, "ks", label="start (both)")
-ax.set(xlabel="direction 1", ylabel="direction 2", title="Trajectories in weight space (two random directions)")
-ax.legend(fontsize=8)
+ax.set(xlabel="direction 1", ylabel="direction 2",
+       title="Trajectories in weight space (two random directions)")
+ax.legend(fontsize=9)
 plt.tight_layout()
 plt.show()
 
@@ -548,7 +591,8 @@ summary = {
 }
 for key, value in summary.items():
     print(f"{key:20s} {value:.4g}" if isinstance(value, float) else f"{key:20s} {value}")
-    glue(key, f"{value:.2f}" if key in ("loss_final", "log_k") else f"{value:.1f}" if isinstance(value, float)
+    glue(key, f"{value:.2f}" if key in ("loss_final", "log_k") else f"{value:.1f}"
+         if isinstance(value, float)
          else value, display=False)
 
 # %% tags=["hide-input"]
@@ -558,7 +602,8 @@ assert max(summary["knn_student_mean"], summary["knn_teacher_mean"]) < summary["
     "both networks should score below the random initialisation on average"
 assert abs(summary["loss_final"] - summary["log_k"]) < 0.5, "the loss should stay close to ln K"
 assert summary["path_ratio"] > 1, "the teacher's path should be shorter than the student's"
-print("The run shows what the text says: near-uniform targets, no gain over the random network, a smoother teacher.")
+print("The run shows what the text says: near-uniform targets, no gain over the random network, a "
+      "smoother teacher.")
 
 # %% [markdown]
 # **What the run shows.** The randomly initialised ResNet-18 scores {glue:text}`knn_init`% (chance is 10%).
@@ -616,10 +661,11 @@ print("The run shows what the text says: near-uniform targets, no gain over the 
 # nothing in the training.
 
 # %% tags=["hide-input"]
-ts_log_path, ts_info_path = Path("results") / "small_teacher_student_log.jsonl", Path("results") / "small_teacher_student_run.txt"
+ts_log_path, ts_info_path = (Path("results") / "small_teacher_student_log.jsonl",
+                             Path("results") / "small_teacher_student_run.txt")
 if not ts_log_path.exists():
-    print(f"{ts_log_path} is not in this copy of the course: run `python -m dino_tutorial.train --preset small "
-          f"--knn-student true --data-path DIR --output-dir DIR` to make it")
+    print(f"{ts_log_path} is not in this copy of the course: run `python -m dino_tutorial.train "
+          f"--preset small --knn-student true --data-path DIR --output-dir DIR` to make it")
 else:
     ts_log = [json.loads(line) for line in ts_log_path.read_text().splitlines()]
     evals = [r for r in ts_log if "knn_student_top1" in r]
@@ -627,15 +673,17 @@ else:
     ts_teacher = np.array([r["knn_top1"] for r in evals])
     ts_student = np.array([r["knn_student_top1"] for r in evals])
     iters_per_epoch = 2600 // 64
-    fig, (ax, ax_m) = plt.subplots(1, 2, figsize=(11, 3.6))
+    fig, (ax, ax_m) = plt.subplots(1, 2, figsize=(9, 2.9))
     ax.plot(ts_epochs, ts_teacher, "o-", label="teacher")
     ax.plot(ts_epochs, ts_student, "s--", label="student")
     ax.axhline(ts_teacher[0], color="gray", lw=0.8, ls=":", label="random initialisation")
-    ax.set(xlabel="epoch", ylabel="k-NN top-1 (%)", title="k-NN accuracy of the two backbones (imagenette-mini)")
+    ax.set(xlabel="epoch", ylabel="k-NN top-1 (%)",
+           title="k-NN accuracy of the two backbones (imagenette-mini)")
     ax.legend()
     trained = [r for r in ts_log if r["epoch"] > 0]
     window = [1 / (1 - r["teacher_momentum"]) / iters_per_epoch for r in trained]
-    ax_m.semilogy([r["epoch"] for r in trained], window, "o-", ms=3, label="1 / (1 - momentum), in epochs")
+    ax_m.semilogy([r["epoch"] for r in trained], window, "o-", ms=3,
+                  label="1 / (1 - momentum), in epochs")
     ax_m.axhline(30, color="gray", lw=0.8, ls=":", label="the whole run (30 epochs)")
     ax_m.set(xlabel="epoch", ylabel="averaging window (epochs)", ylim=(1, 300),
              title="How far back the teacher averages")
@@ -655,9 +703,9 @@ else:
     glue("ts_mean_gap", f"{gaps.mean():.1f}", display=False)
     glue("ts_window_start", f"{window[0]:.1f}", display=False)
     glue("ts_iters_per_epoch", f"{iters_per_epoch}", display=False)
-    print(f"teacher ahead at {(gaps < 0).sum()} of {len(later)} evaluations; final teacher {ts_teacher[-1]:.1f}%, "
-          f"student {ts_student[-1]:.1f}%; largest gap {gaps.max():.1f} points (student ahead) at epoch "
-          f"{ts_epochs[worst]}")
+    print(f"teacher ahead at {(gaps < 0).sum()} of {len(later)} evaluations; final teacher "
+          f"{ts_teacher[-1]:.1f}%, student {ts_student[-1]:.1f}%; largest gap {gaps.max():.1f} "
+          f"points (student ahead) at epoch {ts_epochs[worst]}")
 
 # %% [markdown]
 # **What the long run shows.** Both backbones end well above the random network
@@ -724,7 +772,7 @@ else:
 #
 # **Further reading.**
 # - Caron et al. 2021, *Emerging Properties in Self-Supervised Vision Transformers* (arXiv 2104.14294):
-#   Section 3.1 ("Teacher network"), Section 5.3 and Fig. 6 (building teachers from the student, teacher
+#   Section 3.1 ("Teacher network"), Section 5.2 and Fig. 6 (building teachers from the student, teacher
 #   against student), Algorithm 1.
 # - He et al. 2020, *Momentum Contrast for Unsupervised Visual Representation Learning* (MoCo, arXiv
 #   1911.05722): the momentum encoder.

@@ -39,7 +39,7 @@
 # ## Setup
 
 # %% tags=["hide-input"]
-# Install the course package when it is missing (in Colab); locally: `pip install -e .` in the repository.
+# Install the course package when it is missing (Colab); locally: `pip install -e .` in the repo.
 try:
     import dino_tutorial
 except ImportError:
@@ -70,23 +70,40 @@ DEVICE = setup(seed=0, one_thread_on_small_cpu=True)
 QUIET = os.environ.get("TQDM_DISABLE", "") not in ("", "0")  # progress bars off in CI
 
 
+def check_exercise(number: int, check, *answer) -> None:
+    """Run exercise `number`'s check on your answer; while it has blanks, say so in one line."""
+    try:
+        check(*answer)
+    except NotImplementedError as blank:
+        print(f"Exercise {number} is not done yet: {blank}. Fill them in, delete the `raise` line, "
+              f"then run the exercise cell and this one again.")
+    except (TypeError, AttributeError) as error:
+        if "ellipsis" not in str(error) and "NoneType" not in str(error):
+            raise
+        print(f"Exercise {number} is not done yet: a blank (...) is left or nothing is returned "
+              f"({error}).")
+
+
 def entropy(p: torch.Tensor) -> torch.Tensor:
     """Entropy in nats of the distributions in the last dimension of `p`."""
     return -(p * p.clamp_min(1e-30).log()).sum(-1)
 
 
 # %% tags=["hide-input"]
-# The data: Imagenette training images, a few dozen per class, shrunk to 64 px once (the views are small).
+# The data: Imagenette training images, a few dozen per class, shrunk to 64 px once (the views are
+# small).
 PER_CLASS = 48
 try:
     dataset = imagenette("train", per_class=PER_CLASS)
 except FileNotFoundError as err:
     print(f"This chapter needs Imagenette: set DINO_DATA to a folder with imagenette-mini/ or "
-          f"imagenette2-160/, or run online so that it is downloaded into {resolve_data_root()} ({err})")
+          f"imagenette2-160/, or run online so that it is downloaded into {resolve_data_root()} "
+          f"({err})")
     raise SystemExit(1)
 shrink = T.Resize(64, interpolation=T.InterpolationMode.BICUBIC)
 IMAGES = [shrink(dataset.loader(path)) for path, _ in dataset.samples]
-print(f"{len(IMAGES)} training images of {len(dataset.classes)} classes, shrunk to {IMAGES[0].size} px")
+print(f"{len(IMAGES)} training images of {len(dataset.classes)} classes, shrunk to "
+      f"{IMAGES[0].size} px")
 
 # %% [markdown]
 # ## Section 1: from outputs to distributions, and sharpening
@@ -125,7 +142,8 @@ def make_batch(images, augment):
 
 
 def make_network(out_dim: int = OUT_DIM) -> MultiCropWrapper:
-    """A ResNet-18 backbone and a small DINO head (with BatchNorm, as in the package's small preset)."""
+    """A ResNet-18 backbone and a small DINO head (with BatchNorm, as in the package's small
+    preset)."""
     backbone, feature_dim = build_backbone("resnet18")
     head = DINOHead(feature_dim, out_dim, use_bn=True, hidden_dim=256, bottleneck_dim=64)
     return MultiCropWrapper(backbone, head)
@@ -138,7 +156,8 @@ with torch.no_grad():
     outputs = network([c.to(DEVICE) for c in crops]).cpu()    # (4 views * B, K), view-major
 batch = len(crops[0])
 glue("n_images_section1", batch, display=False)
-print(f"{len(crops)} views of {batch} images: {[tuple(c.shape[1:]) for c in crops]} -> outputs {tuple(outputs.shape)}")
+print(f"{len(crops)} views of {batch} images: {[tuple(c.shape[1:]) for c in crops]} -> outputs "
+      f"{tuple(outputs.shape)}")
 print(f"outputs lie in [{outputs.min():.2f}, {outputs.max():.2f}]")
 
 # %% [markdown]
@@ -158,10 +177,11 @@ for (key, (label, tau)), color in zip(temperatures.items(), ["0.6", "tab:blue", 
     ax.plot(np.arange(1, OUT_DIM + 1), p[order].numpy(), color=color, lw=2,
             label=f"{label}: entropy {entropy(p):.2f} nats")
     glue(f"entropy_{key}", f"{entropy(p):.2f}", display=False)
-ax.axhline(1 / OUT_DIM, color="k", lw=0.8, ls=":", label=f"uniform, 1/K (entropy ln K = {math.log(OUT_DIM):.2f})")
+ax.axhline(1 / OUT_DIM, color="k", lw=0.8, ls=":",
+           label=f"uniform, 1/K (entropy ln K = {math.log(OUT_DIM):.2f})")
 ax.set(xscale="log", xlabel="output dimension, sorted by the output (rank)", ylabel="probability",
        title="One image's output through a softmax at three temperatures")
-ax.legend(fontsize=8)
+ax.legend(fontsize=9)
 plt.tight_layout()
 plt.show()
 glue("ln_k", f"{math.log(OUT_DIM):.2f}", display=False)
@@ -203,21 +223,27 @@ set_seed(0)
 crops_10 = [c.to(DEVICE) for c in make_batch(IMAGES[::12], augment_10)]
 with torch.no_grad():
     student_out = network(crops_10).cpu()                     # (10 * B, K)
-    teacher_out = network(crops_10[:2]).cpu()                 # (2 * B, K): the teacher sees the global views
+    # (2 * B, K): the teacher sees the global views
+    teacher_out = network(crops_10[:2]).cpu()
 n_views, batch = len(crops_10), len(crops_10[0])
-center = torch.zeros(1, OUT_DIM)                              # the centre of Section 3; zero for now
+# the centre of Section 3; zero for now
+center = torch.zeros(1, OUT_DIM)
 p_teacher = F.softmax((teacher_out - center) / TEACHER_TEMP, dim=-1).view(2, batch, OUT_DIM)
 log_p_student = F.log_softmax(student_out / STUDENT_TEMP, dim=-1).view(n_views, batch, OUT_DIM)
-table = torch.stack([torch.stack([-(p_teacher[t] * log_p_student[v]).sum(-1).mean() for v in range(n_views)])
-                     for t in range(2)])                      # (2, |V|): batch-mean H(P_t(t), P_s(v))
+table = torch.stack([torch.stack([-(p_teacher[t] * log_p_student[v]).sum(-1).mean()
+                                  for v in range(n_views)])
+                     # (2, |V|): batch-mean H(P_t(t), P_s(v))
+                     for t in range(2)])
 
 fig, ax = plt.subplots(figsize=(8, 2.4))
 ax.imshow(table.numpy(), cmap="viridis", aspect="auto")
 for t in range(2):
     for v in range(n_views):
         text = "skipped" if t == v else f"{table[t, v]:.2f}"
-        ax.text(v, t, text, ha="center", va="center", fontsize=8, color="w" if t != v else "r")
-ax.set_xticks(range(n_views), ["global 1", "global 2"] + [f"local {i}" for i in range(1, n_views - 1)], fontsize=8)
+        ax.text(v, t, text, ha="center", va="center", fontsize=9, color="w" if t != v else "r")
+ax.set_xticks(range(n_views), ["global 1", "global 2"] + [f"local {i}"
+                                                          for i in range(1, n_views - 1)],
+                                                          fontsize=9)
 ax.set_yticks(range(2), ["global 1", "global 2"])
 ax.set(xlabel="student view $x'$", ylabel="teacher view $x$",
        title="Cross-entropy $H(P_t(x), P_s(x'))$ in nats, mean over the batch (random network)")
@@ -227,8 +253,8 @@ plt.show()
 same_view = torch.eye(2, n_views, dtype=torch.bool)
 by_hand = table[~same_view].mean()
 reference = DINOLoss(OUT_DIM, ncrops=n_views)(student_out, teacher_out, epoch=0)
-print(f"{(~same_view).sum().item()} pairs; mean of the table without the skipped pairs: {by_hand:.4f}, "
-      f"DINOLoss: {reference:.4f}")
+print(f"{(~same_view).sum().item()} pairs; mean of the table without the skipped pairs: "
+      f"{by_hand:.4f}, DINOLoss: {reference:.4f}")
 
 # %% [markdown]
 # The mean of the 18 kept cells is the number `DINOLoss` returns. The package computes the whole table
@@ -244,13 +270,15 @@ print(f"{(~same_view).sum().item()} pairs; mean of the table without the skipped
 # views `t` and the student views `v`, skip `t == v`, add the batch-mean cross-entropy of each pair and
 # divide by the number of pairs. The teacher's probabilities must not carry gradients.
 
-# %% tags=["raises-exception"]
+# %% tags=["exercise"]
 def dino_loss_loop(student_output: torch.Tensor, teacher_output: torch.Tensor, center: torch.Tensor,
-                   ncrops: int, teacher_temp: float = 0.04, student_temp: float = 0.1) -> torch.Tensor:
-    """Mean over the 2 * ncrops - 2 (teacher view, other student view) pairs of the batch-mean H(P_t, P_s)."""
+                   ncrops: int, teacher_temp: float = 0.04,
+                   student_temp: float = 0.1) -> torch.Tensor:
+    """Mean over the 2 * ncrops - 2 (teacher view, other student view) pairs of the batch-mean
+    H(P_t, P_s)."""
     #################################################################
     # Fill in the blanks (...), then remove this line.
-    raise NotImplementedError("Exercise 1: the DINO loss as a double loop")
+    raise NotImplementedError("dino_loss_loop still has blanks (...)")
     #################################################################
     teacher_views = ...   # list of 2 tensors (B, K): centred, sharpened softmax, no gradient
     student_views = ...   # list of ncrops tensors (B, K): log-softmax at the student temperature
@@ -264,13 +292,16 @@ def dino_loss_loop(student_output: torch.Tensor, teacher_output: torch.Tensor, c
     return total / n_pairs
 
 
-print(dino_loss_loop(student_out, teacher_out, center, ncrops=n_views))
+# Uncomment to try your function:
+# print(dino_loss_loop(student_out, teacher_out, center, ncrops=n_views))
 
-# %% tags=["hide-cell"]
+# %% tags=["solution", "hide-cell"]
 # Solution to exercise 1
 def dino_loss_loop(student_output: torch.Tensor, teacher_output: torch.Tensor, center: torch.Tensor,
-                   ncrops: int, teacher_temp: float = 0.04, student_temp: float = 0.1) -> torch.Tensor:
-    """Mean over the 2 * ncrops - 2 (teacher view, other student view) pairs of the batch-mean H(P_t, P_s)."""
+                   ncrops: int, teacher_temp: float = 0.04,
+                   student_temp: float = 0.1) -> torch.Tensor:
+    """Mean over the 2 * ncrops - 2 (teacher view, other student view) pairs of the batch-mean
+    H(P_t, P_s)."""
     teacher_views = F.softmax((teacher_output - center) / teacher_temp, dim=-1).detach().chunk(2)
     student_views = F.log_softmax(student_output / student_temp, dim=-1).chunk(ncrops)
     total, n_pairs = 0.0, 0
@@ -287,25 +318,29 @@ print(dino_loss_loop(student_out, teacher_out, center, ncrops=n_views))
 
 # %%
 def check_dino_loss(loss_fn):
-    """Random logits, a random centre, several crop counts and temperatures: compare with DINOLoss."""
+    """Random logits, a random centre, several crop counts and temperatures: compare with DINOLoss.
+    """
     generator = torch.Generator().manual_seed(0)
     for ncrops, batch, k, teacher_temp in [(2, 3, 5, 0.04), (4, 8, 32, 0.04), (10, 5, 64, 0.07)]:
         student = torch.randn(ncrops * batch, k, generator=generator, requires_grad=True)
         teacher = torch.randn(2 * batch, k, generator=generator)
         center = torch.randn(1, k, generator=generator)
-        reference = DINOLoss(k, ncrops, warmup_teacher_temp=teacher_temp, teacher_temp=teacher_temp, nepochs=1)
+        reference = (DINOLoss(k, ncrops, warmup_teacher_temp=teacher_temp,
+                              teacher_temp=teacher_temp, nepochs=1))
         reference.center.copy_(center)                        # same centre, same epoch
         expected = reference(student, teacher, epoch=0)
         (expected_grad,) = torch.autograd.grad(expected, student)
         yours = loss_fn(student, teacher, center.clone(), ncrops, teacher_temp=teacher_temp)
         assert torch.allclose(yours, expected, atol=1e-5), (
-            f"ncrops={ncrops}: your loss is {yours.item():.5f}, DINOLoss gives {expected.item():.5f}")
+            f"ncrops={ncrops}: your loss is {yours.item():.5f}, DINOLoss gives "
+            f"{expected.item():.5f}")
         (grad,) = torch.autograd.grad(yours, student)
-        assert torch.allclose(grad, expected_grad, atol=1e-6), f"ncrops={ncrops}: the gradients differ"
+        assert torch.allclose(grad, expected_grad, atol=1e-6), (
+            f"ncrops={ncrops}: the gradients differ")
     print("Correct: your loss and its gradient match dino_tutorial.loss.DINOLoss")
 
 
-check_dino_loss(dino_loss_loop)
+check_exercise(1, check_dino_loss, dino_loss_loop)
 
 # %% [markdown]
 # ### Think! 1
@@ -353,26 +388,29 @@ check_dino_loss(dino_loss_loop)
 
 # %%
 batch_center = teacher_out.mean(dim=0, keepdim=True)
-fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
+fig, axes = plt.subplots(1, 2, figsize=(9, 2.9))
 for label, c, color in [("no centering, $c = 0$", torch.zeros(1, OUT_DIM), "tab:orange"),
                         ("centred, $c$ = batch mean", batch_center, "tab:green")]:
     p = F.softmax((teacher_out - c) / TEACHER_TEMP, dim=-1)           # (2B, K)
     mean_p = p.mean(0)
     key = "raw" if c.abs().sum() == 0 else "centred"
-    axes[0].plot(np.arange(1, OUT_DIM + 1), mean_p.sort(descending=True).values.numpy(), color=color, lw=2,
+    axes[0].plot(np.arange(1, OUT_DIM + 1), mean_p.sort(descending=True).values.numpy(),
+                 color=color, lw=2,
                  label=f"{label}: largest {100 * mean_p.max():.1f}%, entropy {entropy(mean_p):.2f}")
     winners = torch.bincount(p.argmax(-1), minlength=OUT_DIM).sort(descending=True).values
-    axes[1].plot(np.arange(1, OUT_DIM + 1), winners.numpy(), color=color, lw=2, drawstyle="steps-mid",
+    axes[1].plot(np.arange(1, OUT_DIM + 1), winners.numpy(), color=color, lw=2,
+                 drawstyle="steps-mid",
                  label=f"{label}: {int((winners > 0).sum())} dimensions win")
     glue(f"top_share_{key}", f"{100 * mean_p.max():.1f}", display=False)
     glue(f"winners_{key}", int((winners > 0).sum()), display=False)
 axes[0].axhline(1 / OUT_DIM, color="k", lw=0.8, ls=":", label="uniform, 1/K")
-axes[0].set(xscale="log", xlabel="output dimension, sorted (rank)", ylabel="mean probability over the batch",
+axes[0].set(xscale="log", xlabel="output dimension, sorted (rank)",
+            ylabel="mean probability over the batch",
             title="Teacher distribution averaged over the batch")
 axes[1].set(xlim=(0.5, 80.5), xlabel="output dimension, sorted (rank)", ylabel="number of views",
             title=f"Most probable dimension of each of the {len(teacher_out)} views")
 for ax in axes:
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=9)
 plt.tight_layout()
 plt.show()
 
@@ -390,24 +428,27 @@ plt.show()
 # `(1, K)`, `teacher_output` is `(2 * B, K)`, the logits of both global views of the batch (before any
 # centering or temperature). The update is not part of the gradient computation.
 
-# %% tags=["raises-exception"]
+# %% tags=["exercise"]
 @torch.no_grad()
-def update_center(center: torch.Tensor, teacher_output: torch.Tensor, momentum: float = 0.9) -> torch.Tensor:
+def update_center(center: torch.Tensor, teacher_output: torch.Tensor,
+                  momentum: float = 0.9) -> torch.Tensor:
     """Eq. 4: the running mean of the teacher outputs, (1, K)."""
     #################################################################
     # Fill in the blanks (...), then remove this line.
-    raise NotImplementedError("Exercise 2: the centre update")
+    raise NotImplementedError("update_center still has blanks (...)")
     #################################################################
     batch_mean = ...   # (1, K)
     return ...
 
 
-print(update_center(torch.zeros(1, OUT_DIM), teacher_out)[0, :4])
+# Uncomment to try your function:
+# print(update_center(torch.zeros(1, OUT_DIM), teacher_out)[0, :4])
 
-# %% tags=["hide-cell"]
+# %% tags=["solution", "hide-cell"]
 # Solution to exercise 2
 @torch.no_grad()
-def update_center(center: torch.Tensor, teacher_output: torch.Tensor, momentum: float = 0.9) -> torch.Tensor:
+def update_center(center: torch.Tensor, teacher_output: torch.Tensor,
+                  momentum: float = 0.9) -> torch.Tensor:
     """Eq. 4: the running mean of the teacher outputs, (1, K)."""
     batch_mean = teacher_output.mean(dim=0, keepdim=True)
     return momentum * center + (1 - momentum) * batch_mean
@@ -427,14 +468,15 @@ def check_update_center(update_fn):
             teacher = torch.randn(2 * 6, 16, generator=generator)
             center = update_fn(center, teacher, momentum)
             reference.update_center(teacher)
-            assert center.shape == (1, 16), f"the centre should keep its shape (1, K), got {tuple(center.shape)}"
+            assert center.shape == (1, 16), (f"the centre should keep its shape (1, K), got "
+                                             f"{tuple(center.shape)}")
             assert torch.allclose(center, reference.center, atol=1e-6), (
                 f"momentum {momentum}: your centre differs from DINOLoss.center by "
                 f"{(center - reference.center).abs().max():.2e}")
     print("Correct: your centre follows Eq. 4 exactly as dino_tutorial.loss.DINOLoss updates it")
 
 
-check_update_center(update_center)
+check_exercise(2, check_update_center, update_center)
 
 # %% [markdown]
 # ## Section 4: two ways to collapse
@@ -459,14 +501,14 @@ check_update_center(update_center)
 # $D_{KL}(P_t(x) \| P_s(x'))$ over the same pairs as the loss. Hint: for a pair, the KL is the cross-entropy
 # minus the teacher's entropy.
 
-# %% tags=["raises-exception"]
+# %% tags=["exercise"]
 @torch.no_grad()
 def entropy_and_kl(student_output: torch.Tensor, teacher_output: torch.Tensor, center: torch.Tensor,
                    teacher_temp: float = 0.04, student_temp: float = 0.1) -> tuple:
     """(mean teacher entropy, mean KL(P_t || P_s) over the loss's pairs), both floats in nats."""
     #################################################################
     # Fill in the blanks (...), then remove this line.
-    raise NotImplementedError("Exercise 3: teacher entropy and KL")
+    raise NotImplementedError("entropy_and_kl still has blanks (...)")
     #################################################################
     ncrops = student_output.shape[0] * 2 // teacher_output.shape[0]
     teacher_views = ...   # 2 tensors (B, K) of probabilities
@@ -480,9 +522,10 @@ def entropy_and_kl(student_output: torch.Tensor, teacher_output: torch.Tensor, c
     return mean_entropy, sum(kls) / len(kls)
 
 
-print([round(value, 4) for value in entropy_and_kl(student_out, teacher_out, center)])
+# Uncomment to try your function:
+# print([round(value, 4) for value in entropy_and_kl(student_out, teacher_out, center)])
 
-# %% tags=["hide-cell"]
+# %% tags=["solution", "hide-cell"]
 # Solution to exercise 3
 @torch.no_grad()
 def entropy_and_kl(student_output: torch.Tensor, teacher_output: torch.Tensor, center: torch.Tensor,
@@ -515,11 +558,12 @@ def check_entropy_and_kl(fn):
         h, kl = fn(student, teacher, center, 0.04, 0.1)
         assert abs(h - expected["teacher_entropy"]) < 1e-4, (
             f"ncrops={ncrops}: teacher entropy {h:.5f}, expected {expected['teacher_entropy']:.5f}")
-        assert abs(kl - expected["kl"]) < 1e-4, f"ncrops={ncrops}: KL {kl:.5f}, expected {expected['kl']:.5f}"
+        assert abs(kl - expected["kl"]) < 1e-4, (f"ncrops={ncrops}: KL {kl:.5f}, expected "
+                                                 f"{expected['kl']:.5f}")
     print("Correct: your entropy and KL match dino_tutorial.loss.collapse_stats")
 
 
-check_entropy_and_kl(entropy_and_kl)
+check_exercise(3, check_entropy_and_kl, entropy_and_kl)
 
 # %% [markdown]
 # ### Three short runs on real images
@@ -571,13 +615,15 @@ def train_run(name: str, teacher_temp: float, center_momentum: float) -> dict:
     optimizer = torch.optim.AdamW(student.parameters(), lr=LR, weight_decay=0.04)
     history = {"loss": [], "teacher_entropy": [], "kl": []}
     for step, crops in enumerate(tqdm(BATCHES, desc=name, disable=QUIET)):
-        for group in optimizer.param_groups:           # linear warmup of the learning rate, then constant
+        # linear warmup of the learning rate, then constant
+        for group in optimizer.param_groups:
             group["lr"] = LR * min(1.0, (step + 1) / WARMUP_STEPS)
         crops = [c.to(DEVICE) for c in crops]
         with torch.no_grad():
             teacher_out = teacher(crops[:2])           # the teacher sees the two global views
         student_out = student(crops)                   # the student sees all views
-        stats = collapse_stats(student_out, teacher_out, dino_loss.center, teacher_temp, STUDENT_TEMP)
+        stats = (collapse_stats(student_out, teacher_out, dino_loss.center, teacher_temp,
+                                STUDENT_TEMP))
         loss = dino_loss(student_out, teacher_out, epoch=0)   # also updates the centre (Eq. 4)
         optimizer.zero_grad()
         loss.backward()
@@ -586,7 +632,8 @@ def train_run(name: str, teacher_temp: float, center_momentum: float) -> dict:
         history["loss"].append(loss.item())
         history["teacher_entropy"].append(stats["teacher_entropy"])
         history["kl"].append(stats["kl"])
-    with torch.no_grad():                              # the final teacher's output on the first batch
+    # the final teacher's output on the first batch
+    with torch.no_grad():
         teacher_out = teacher([c.to(DEVICE) for c in BATCHES[0][:2]])
         probs = F.softmax((teacher_out - dino_loss.center) / teacher_temp, dim=-1)
     history["mean_distribution"] = probs.mean(0).cpu()
@@ -603,24 +650,26 @@ print(f"3 runs of {N_STEPS} steps in {elapsed:.0f} s on {DEVICE}")
 
 # %% tags=["hide-input"]
 colors = dict(zip(RUNS, ["tab:blue", "tab:red", "tab:green"]))
-fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+fig, axes = plt.subplots(1, 3, figsize=(9, 2.5))
 steps = np.arange(1, N_STEPS + 1)
 for name, history in results.items():
     axes[0].plot(steps, history["teacher_entropy"], color=colors[name], lw=2, label=name)
     axes[1].plot(steps, history["kl"], color=colors[name], lw=2, label=name)
-    axes[2].plot(np.arange(1, OUT_DIM + 1), history["mean_distribution"].sort(descending=True).values.numpy(),
+    axes[2].plot(np.arange(1, OUT_DIM + 1),
+                 history["mean_distribution"].sort(descending=True).values.numpy(),
                  color=colors[name], lw=2, label=name)
 axes[0].axhline(math.log(OUT_DIM), color="k", ls="--", lw=1)
 axes[0].axhline(0, color="k", ls=":", lw=1)
-axes[0].text(1, math.log(OUT_DIM) - 0.35, "ln K: uniform", fontsize=8)
-axes[0].text(1, 0.15, "0: one dimension", fontsize=8)
-axes[0].set(xlabel="training step", ylabel="nats", title="Teacher entropy $h(P_t)$", ylim=(-0.2, 6.2))
+axes[0].text(1, math.log(OUT_DIM) - 0.35, "ln K: uniform", fontsize=9)
+axes[0].text(1, 0.15, "0: one dimension", fontsize=9)
+axes[0].set(xlabel="training step", ylabel="nats", title="Teacher entropy $h(P_t)$",
+            ylim=(-0.2, 6.2))
 axes[1].set(xlabel="training step", ylabel="nats", yscale="log",
             title="$D_{KL}(P_t \\| P_s)$, mean over the loss's pairs")
 axes[2].axhline(1 / OUT_DIM, color="k", lw=0.8, ls=":")
 axes[2].set(xscale="log", yscale="log", ylim=(1e-6, 1.5), xlabel="output dimension, sorted (rank)",
             ylabel="mean probability", title="Final teacher output, averaged over a batch")
-axes[1].legend(fontsize=8)
+axes[1].legend(fontsize=9)
 plt.tight_layout()
 plt.show()
 
@@ -633,8 +682,9 @@ for key, (name, history) in zip(["dino", "sharpen", "center"], results.items()):
     glue(f"final_entropy_{key}", f"{h:.2f}", display=False)
     glue(f"final_kl_{key}", f"{kl:.3f}", display=False)
     glue(f"final_share_{key}", f"{share:.1f}", display=False)
-glue("kl_ratio", f"{results[next(iter(RUNS))]['kl'][-1] / max(r['kl'][-1] for r in list(results.values())[1:]):.0f}",
-     display=False)
+kl_dino = results[next(iter(RUNS))]["kl"][-1]
+kl_collapsed = max(r["kl"][-1] for r in list(results.values())[1:])
+glue("kl_ratio", f"{kl_dino / kl_collapsed:.0f}", display=False)
 
 # %% [markdown]
 # The three runs part within a few dozen steps, as Fig. 7 of the paper describes over many epochs:

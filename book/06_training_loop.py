@@ -37,7 +37,7 @@
 # ## Setup
 
 # %% tags=["hide-input"]
-# Install the course package when it is missing (in Colab); locally: `pip install -e .` in the repository.
+# Install the course package when it is missing (Colab); locally: `pip install -e .` in the repo.
 try:
     import dino_tutorial
 except ImportError:
@@ -73,6 +73,20 @@ from dino_tutorial.train import TrainConfig, Trainer, set_seed, train
 DEVICE = setup(seed=0)
 WORK_DIR = Path(tempfile.mkdtemp(prefix="dino06_"))  # the runs of this chapter write here
 
+
+def check_exercise(number: int, check, *answer) -> None:
+    """Run exercise `number`'s check on your answer; while it has blanks, say so in one line."""
+    try:
+        check(*answer)
+    except NotImplementedError as blank:
+        print(f"Exercise {number} is not done yet: {blank}. Fill them in, delete the `raise` line, "
+              f"then run the exercise cell and this one again.")
+    except (TypeError, AttributeError) as error:
+        if "ellipsis" not in str(error) and "NoneType" not in str(error):
+            raise
+        print(f"Exercise {number} is not done yet: a blank (...) is left or nothing is returned "
+              f"({error}).")
+
 # %% tags=["hide-input"]
 # The data: Imagenette (imagenette-mini under $DINO_DATA, else downloaded into the data root).
 try:
@@ -80,12 +94,12 @@ try:
 except FileNotFoundError as err:
     DATA_ROOT, problem = None, err
 if problem:
-    print(f"This chapter trains on Imagenette: set DINO_DATA to a folder holding imagenette-mini/ or "
-          f"imagenette2-160/, or run online so that Imagenette is downloaded ({problem})")
+    print(f"This chapter trains on Imagenette: set DINO_DATA to a folder holding imagenette-mini/ "
+          f"or imagenette2-160/, or run online so that Imagenette is downloaded ({problem})")
     raise SystemExit(1)
 counts = {split: len(imagenet(DATA_ROOT, split)) for split in ("train", "val")}
-print(f"Imagenette ({DATA_ROOT.name}): {counts['train']:,} training and {counts['val']:,} validation images, "
-      f"10 classes")
+print(f"Imagenette ({DATA_ROOT.name}): {counts['train']:,} training and {counts['val']:,} "
+      f"validation images, 10 classes")
 
 # %% [markdown]
 # ## Section 1: four schedules
@@ -125,8 +139,8 @@ rn50_loss = DINOLoss(rn50.out_dim, 2 + rn50.local_crops_number, rn50.warmup_teac
 temp_schedule = rn50_loss.teacher_temp_schedule
 
 print(f"batch {GPUS} x {rn50.batch_size_per_gpu} = {total_batch}: {niter:,} iterations per epoch, "
-      f"{len(lr_schedule):,} in {rn50.epochs} epochs; peak learning rate {rn50.lr} x {total_batch}/256 = "
-      f"{peak_lr:.3g}")
+      f"{len(lr_schedule):,} in {rn50.epochs} epochs; peak learning rate {rn50.lr} x "
+      f"{total_batch}/256 = {peak_lr:.3g}")
 glue("niter", f"{niter:,}", display=False)
 glue("total_iters", f"{len(lr_schedule):,}", display=False)
 glue("total_batch", f"{total_batch}", display=False)
@@ -143,18 +157,19 @@ vit_temps = DINOLoss(rn50.out_dim, 10, warmup_teacher_temp=0.04, teacher_temp=0.
                      warmup_teacher_temp_epochs=30, nepochs=rn50.epochs).teacher_temp_schedule
 epochs_axis = np.arange(len(lr_schedule)) / niter   # iteration -> fractional epoch
 
-fig, axes = plt.subplots(2, 2, figsize=(11, 6.2))
+fig, axes = plt.subplots(2, 2, figsize=(9, 5.1))
 ax = axes[0, 0]
 ax.plot(epochs_axis, lr_schedule)
 ax.axvline(rn50.warmup_epochs, color="grey", linestyle=":", linewidth=1)
-ax.annotate(f"peak {peak_lr:.3g} after {rn50.warmup_epochs} warmup epochs", (rn50.warmup_epochs, peak_lr),
-            xytext=(18, peak_lr * 0.95), fontsize=8)
+ax.annotate(f"peak {peak_lr:.3g} after {rn50.warmup_epochs} warmup epochs",
+            (rn50.warmup_epochs, peak_lr),
+            xytext=(18, peak_lr * 0.95), fontsize=9)
 ax.set(title="learning rate (per iteration)", xlabel="epoch", ylabel="learning rate")
 ax = axes[0, 1]
 ax.plot(epochs_axis, wd_schedule, label=f"ResNet-50 command: {rn50.weight_decay:g}, constant")
 ax.plot(epochs_axis, vit_wd, "--", color="grey", label="ViT setting: 0.04 to 0.4")
 ax.set(yscale="log", title="weight decay (per iteration)", xlabel="epoch", ylabel="weight decay")
-ax.legend(fontsize=8)
+ax.legend(fontsize=9)
 ax = axes[1, 0]
 ax.plot(epochs_axis, momentum_schedule)
 ax.set(title="teacher momentum $\\lambda$ (per iteration)", xlabel="epoch", ylabel="$\\lambda$")
@@ -165,8 +180,9 @@ ax.step(np.arange(rn50.epochs), vit_temps, "--", color="grey", where="post",
         label="ViT setting: 0.04 to 0.07 in 30 epochs")
 ax.set(ylim=(0.03, 0.08), title="teacher temperature $\\tau_t$ (per epoch)", xlabel="epoch",
        ylabel="$\\tau_t$")
-ax.legend(fontsize=8)
-fig.suptitle(f"Schedules of rn50_imagenet on ImageNet, batch {total_batch}: {niter:,} iterations per epoch",
+ax.legend(fontsize=9)
+fig.suptitle(f"Schedules of rn50_imagenet on ImageNet, batch {total_batch}: {niter:,} iterations "
+             "per epoch",
              fontsize=11)
 fig.tight_layout()
 plt.show()
@@ -199,13 +215,13 @@ plt.show()
 # \qquad i = 0, \dots, n - 1 .
 # $$
 
-# %% tags=["raises-exception"]
+# %% tags=["exercise"]
 def my_cosine_schedule(base_value, final_value, epochs, niter_per_ep, warmup_epochs=0,
                        start_warmup_value=0.0):
     """One value per iteration: linear warmup, then half a cosine from base_value to final_value."""
     #################################################################
     # Fill in the blanks (...), then remove this line.
-    raise NotImplementedError("Exercise 1: the cosine schedule with warmup")
+    raise NotImplementedError("my_cosine_schedule still has blanks (...)")
     #################################################################
     warmup_iters = ...
     warmup = np.linspace(..., ..., warmup_iters)
@@ -215,7 +231,7 @@ def my_cosine_schedule(base_value, final_value, epochs, niter_per_ep, warmup_epo
     return np.concatenate([warmup, decay])
 
 
-# %% tags=["hide-cell"]
+# %% tags=["solution", "hide-cell"]
 # Solution to exercise 1
 def my_cosine_schedule(base_value, final_value, epochs, niter_per_ep, warmup_epochs=0,
                        start_warmup_value=0.0):
@@ -232,10 +248,12 @@ def my_cosine_schedule(base_value, final_value, epochs, niter_per_ep, warmup_epo
 def check_cosine_schedule(schedule_fn):
     """The learner's schedule equals cosine_schedule's, value by value, in several settings."""
     cases = [
-        (peak_lr, rn50.min_lr, rn50.epochs, niter, rn50.warmup_epochs, 0.0),  # the learning rate above
+        # the learning rate above
+        (peak_lr, rn50.min_lr, rn50.epochs, niter, rn50.warmup_epochs, 0.0),
         (rn50.momentum_teacher, 1.0, rn50.epochs, niter, 0, 0.0),           # the teacher momentum
         (0.04, 0.4, 7, 13, 0, 0.0),                                         # an increasing schedule
-        (0.5, 0.01, 6, 5, 2, 0.1),                                          # warmup from a non-zero value
+        # warmup from a non-zero value
+        (0.5, 0.01, 6, 5, 2, 0.1),
         (1.0, 0.0, 3, 4, 3, 0.0),                                           # warmup only
     ]
     for base, final, epochs, per_epoch, warmup, start in cases:
@@ -243,13 +261,15 @@ def check_cosine_schedule(schedule_fn):
         ref = cosine_schedule(base, final, epochs, per_epoch, warmup, start)
         setting = (f"base={base:g}, final={final:g}, epochs={epochs}, niter_per_ep={per_epoch}, "
                    f"warmup_epochs={warmup}, start_warmup_value={start:g}")
-        assert mine.shape == ref.shape, f"{setting}: {mine.shape[0]} values, expected {ref.shape[0]}"
+        assert mine.shape == ref.shape, (f"{setting}: {mine.shape[0]} values, expected "
+                                         f"{ref.shape[0]}")
         assert np.allclose(mine, ref, rtol=1e-7, atol=1e-12), (
             f"{setting}: first difference at iteration {np.flatnonzero(~np.isclose(mine, ref))[0]}")
-    print(f"Correct: your schedule matches dino_tutorial.schedules.cosine_schedule in {len(cases)} settings")
+    print(f"Correct: your schedule matches dino_tutorial.schedules.cosine_schedule in {len(cases)} "
+          "settings")
 
 
-check_cosine_schedule(my_cosine_schedule)
+check_exercise(1, check_cosine_schedule, my_cosine_schedule)
 
 # %% [markdown]
 # ### Think! 1
@@ -285,9 +305,11 @@ glue("warmup_iters_4gpus", f"{rn50.warmup_epochs * niter_4:,}", display=False)
 # the first iteration of a run, and we keep `student_out`'s gradient too: Section 2.3 needs it.
 
 # %%
-BATCH = 16 if DEVICE.type == "cuda" else 4  # the gradient scales exactly to other batch sizes (Section 2.3)
+# the gradient scales exactly to other batch sizes (Section 2.3)
+BATCH = 16 if DEVICE.type == "cuda" else 4
 set_seed(0)
-recipe_views = MultiCropAugmentation(rn50.global_crops_scale, rn50.local_crops_scale, rn50.local_crops_number,
+recipe_views = MultiCropAugmentation(rn50.global_crops_scale, rn50.local_crops_scale,
+                                     rn50.local_crops_number,
                                      rn50.global_size, rn50.local_size)
 images = imagenet(DATA_ROOT, "train", recipe_views, per_class=math.ceil(BATCH / 10))
 crops = [c.to(DEVICE) for c in collate_views([images[i] for i in range(BATCH)])[0]]
@@ -304,7 +326,8 @@ student_out.retain_grad()  # keep d loss / d student_out for Section 2.3
 loss = dino_loss(student_out, teacher_out, epoch=0)
 loss.backward()
 
-grads = {name: p.grad.detach().clone() for name, p in student.named_parameters() if p.grad is not None}
+grads = ({name: p.grad.detach().clone() for name, p in student.named_parameters()
+          if p.grad is not None})
 weights = {name: p.detach() for name, p in student.named_parameters() if p.grad is not None}
 grad_norms = {name: g.norm().item() for name, g in grads.items()}
 print(f"batch of {BATCH} images, views 2 x {rn50.global_size} px + {rn50.local_crops_number} x "
@@ -330,26 +353,31 @@ global_factor = min(1.0, CLIP / global_norm)
 largest = names[int(before.argmax())]
 step_share = peak_lr * grad_norms[largest] / weights[largest].norm().item()
 
-fig, ax = plt.subplots(figsize=(11, 3.8))
+fig, ax = plt.subplots(figsize=(9, 3.1))
 x = np.arange(len(names))
 ax.plot(x, before, "o", color="0.6", markersize=4, label="gradient norm, no clipping")
-ax.plot(x, per_parameter, "x", color="tab:blue", markersize=5, label=f"clipped per parameter at {CLIP:g}")
+ax.plot(x, per_parameter, "x", color="tab:blue", markersize=5,
+        label=f"clipped per parameter at {CLIP:g}")
 ax.plot(x, before * global_factor, ".", color="tab:orange", markersize=4,
         label=f"clipped as one global norm at {CLIP:g} (everything x {global_factor:.2f})")
 ax.axhline(CLIP, color="tab:blue", linestyle=":", linewidth=1)
 head_start = next(i for i, n in enumerate(names) if n.startswith("head."))
 ax.axvspan(head_start - 0.5, len(names) - 0.5, color="0.93", zorder=0)
-ax.text(head_start, 0.97, " projection head", transform=ax.get_xaxis_transform(), fontsize=8, va="top")
-ax.annotate(largest, (int(before.argmax()), before.max()), xytext=(12, -4), textcoords="offset points",
-            fontsize=8)
+ax.text(head_start, 0.97, " projection head", transform=ax.get_xaxis_transform(), fontsize=9,
+        va="top")
+ax.annotate(largest, (int(before.argmax()), before.max()), xytext=(12, -4),
+            textcoords="offset points",
+            fontsize=9)
 ax.set(yscale="log", xlabel="parameter tensor, in network order (ResNet-50 backbone, then head)",
-       ylabel="gradient L2 norm", title=f"Per-parameter gradient norms of one batch, freshly initialised network")
-ax.legend(fontsize=8, loc="lower left")
+       ylabel="gradient L2 norm", title=f"Per-parameter gradient norms of one batch, freshly "
+                                        "initialised network")
+ax.legend(fontsize=9, loc="lower left")
 fig.tight_layout()
 plt.show()
 
 over = [n for n in names if grad_norms[n] > CLIP]
-glue("n_over_text", {0: "none lies", 1: "only one lies"}.get(len(over), f"{len(over)} lie"), display=False)
+glue("n_over_text", {0: "none lies", 1: "only one lies"}.get(len(over), f"{len(over)} lie"),
+     display=False)
 glue("n_params", f"{len(names)}", display=False)
 glue("largest", largest, display=False)
 glue("largest_norm", f"{grad_norms[largest]:.3g}", display=False)
@@ -358,7 +386,8 @@ glue("global_factor", f"{global_factor:.2f}", display=False)
 glue("step_share", f"{100 * step_share:.0f}", display=False)
 print(f"{len(over)} of {len(names)} gradients above {CLIP:g}: "
       + ", ".join(f"{n} ({grad_norms[n]:.3g})" for n in over))
-print(f"global norm {global_norm:.3g}: global clipping would multiply every gradient by {global_factor:.2f}")
+print(f"global norm {global_norm:.3g}: global clipping would multiply every gradient by "
+      f"{global_factor:.2f}")
 
 # %% [markdown]
 # The spread is large. Of {glue:text}`n_params` gradient tensors, {glue:text}`n_over_text` above the threshold;
@@ -383,13 +412,14 @@ print(f"global norm {global_norm:.3g}: global clipping would multiply every grad
 # norm becomes `clip`. Return the norms before clipping as a 1-d tensor, in the order of `model.parameters()`.
 # Like the package, divide by `norm + 1e-6` rather than `norm`, so that a zero gradient causes no trouble.
 
-# %% tags=["raises-exception"]
+# %% tags=["exercise"]
 @torch.no_grad()
 def my_clip_gradients(model, clip):
-    """Clip each parameter's gradient to L2 norm `clip`, in place; return the norms before clipping."""
+    """Clip each parameter's gradient to L2 norm `clip`, in place; return the norms before clipping.
+    """
     #################################################################
     # Fill in the blanks (...), then remove this line.
-    raise NotImplementedError("Exercise 2: per-parameter gradient clipping")
+    raise NotImplementedError("my_clip_gradients still has blanks (...)")
     #################################################################
     norms = []
     for p in model.parameters():
@@ -402,11 +432,12 @@ def my_clip_gradients(model, clip):
     return torch.stack(norms)
 
 
-# %% tags=["hide-cell"]
+# %% tags=["solution", "hide-cell"]
 # Solution to exercise 2
 @torch.no_grad()
 def my_clip_gradients(model, clip):
-    """Clip each parameter's gradient to L2 norm `clip`, in place; return the norms before clipping."""
+    """Clip each parameter's gradient to L2 norm `clip`, in place; return the norms before clipping.
+    """
     norms = []
     for p in model.parameters():
         if p.grad is None:
@@ -420,7 +451,8 @@ def my_clip_gradients(model, clip):
 
 # %%
 def check_clipping(clip_fn):
-    """On the ResNet-50 gradient above, the learner's clipping gives the package's gradients and norms."""
+    """On the ResNet-50 gradient above, the learner's clipping gives the package's gradients and
+    norms."""
     params = {name: p for name, p in student.named_parameters() if name in grads}
     for clip in (0.05, CLIP, 100.0):
         for name, p in params.items():
@@ -440,7 +472,7 @@ def check_clipping(clip_fn):
     print("Correct: your clipping matches dino_tutorial.optim.clip_gradients")
 
 
-check_clipping(my_clip_gradients)
+check_exercise(2, check_clipping, my_clip_gradients)
 
 # %% [markdown]
 # ### Section 2.2: freeze the last layer during the first epoch
@@ -459,7 +491,8 @@ check_clipping(my_clip_gradients)
 
 # %% tags=["hide-input"]
 def top_direction_share(matrix: torch.Tensor) -> float:
-    """sigma_1^2 / sum sigma_i^2 of a 2-d matrix (from the eigenvalues of its smaller Gram matrix)."""
+    """sigma_1^2 / sum sigma_i^2 of a 2-d matrix (from the eigenvalues of its smaller Gram matrix).
+    """
     m = matrix.double()
     gram = m.T @ m if m.shape[0] >= m.shape[1] else m @ m.T
     eigenvalues = torch.linalg.eigvalsh(gram)
@@ -473,7 +506,8 @@ shares = {name: top_direction_share(g) for name, g in head_matrices.items()}
 last_grad = grads["head.last_layer.weight_v"].double()
 top_direction = torch.linalg.eigh(last_grad.T @ last_grad).eigenvectors[:, -1]
 with torch.no_grad():
-    features = torch.cat([student.backbone(torch.cat(crops[:2])), student.backbone(torch.cat(crops[2:]))])
+    features = (torch.cat([student.backbone(torch.cat(crops[:2])),
+                           student.backbone(torch.cat(crops[2:]))]))
     bottleneck = F.normalize(student.head.mlp(features), dim=-1).double()
     pooled = F.normalize(student.backbone(crops[0]), dim=-1)
 align = abs(F.cosine_similarity(top_direction, bottleneck.mean(0), dim=0).item())
@@ -487,7 +521,7 @@ labels = [f"{n.removeprefix('head.')}\n{tuple(head_matrices[n].shape)}" for n in
 colours = ["tab:red" if "last_layer" in n else "tab:blue" for n in shares]
 ax.barh(labels, list(shares.values()), color=colours)
 for i, share in enumerate(shares.values()):
-    ax.text(share + 0.01, i, f"{share:.2f}", va="center", fontsize=8)
+    ax.text(share + 0.01, i, f"{share:.2f}", va="center", fontsize=9)
 ax.invert_yaxis()
 ax.set(xlim=(0, 1.1), xlabel="share of the gradient's energy in its top direction",
        title="Gradients of the head's layers at the first iteration")
@@ -498,9 +532,10 @@ glue("last_share", f"{shares['head.last_layer.weight_v']:.2f}", display=False)
 glue("align", f"{align:.3f}", display=False)
 glue("image_similarity", f"{image_similarity:.2f}", display=False)
 glue("rn50_bottleneck_cos", f"{rn50_bottleneck_cos:.2f}", display=False)
-print(f"cosine between the top direction of the last layer's gradient and the mean bottleneck vector: "
-      f"{align:.3f}")
-print(f"mean cosine similarity between the backbone features of two different images: {image_similarity:.2f}")
+print(f"cosine between the top direction of the last layer's gradient and the mean bottleneck "
+      f"vector: {align:.3f}")
+print(f"mean cosine similarity between the backbone features of two different images: "
+      f"{image_similarity:.2f}")
 
 # %% [markdown]
 # Every layer of the head gets a gradient that is nearly a single direction; for the last layer it holds
@@ -561,7 +596,8 @@ output_grad = output_grad[output_grad != 0].abs().numpy()
 FP16_TINY, FP16_SUBNORMAL_MIN = torch.finfo(torch.float16).tiny, 2.0 ** -24
 SCALE = 2.0 ** 16  # torch.amp.GradScaler's initial scale
 RECIPE_BATCH = rn50.batch_size_per_gpu
-to_recipe_batch = BATCH / RECIPE_BATCH  # the loss is a mean over the batch: per-entry gradients scale as 1/B
+# the loss is a mean over the batch: per-entry gradients scale as 1/B
+to_recipe_batch = BATCH / RECIPE_BATCH
 
 
 def fp16_fates(values: np.ndarray) -> tuple:
@@ -578,7 +614,7 @@ fates = {
 }
 bf16_zero = (torch.from_numpy(output_grad * to_recipe_batch).bfloat16() == 0).float().mean().item()
 
-fig, ax = plt.subplots(figsize=(10, 3.6))
+fig, ax = plt.subplots(figsize=(9, 3.2))
 bins = np.linspace(-16, 6, 111)
 ax.hist(np.log10(output_grad * to_recipe_batch), bins=bins, color="tab:blue", alpha=0.7,
         label=f"d loss / d student_out, batch {RECIPE_BATCH} per GPU")
@@ -588,10 +624,11 @@ ax.axvspan(-16, math.log10(FP16_SUBNORMAL_MIN), color="tab:red", alpha=0.15, lab
 ax.axvspan(math.log10(FP16_SUBNORMAL_MIN), math.log10(FP16_TINY), color="tab:orange", alpha=0.15,
            label="fp16: subnormal (fewer digits)")
 ax.axvline(math.log10(torch.finfo(torch.float16).max), color="tab:red", linewidth=1)
-ax.text(math.log10(torch.finfo(torch.float16).max), ax.get_ylim()[1] * 0.9, " fp16 max", fontsize=8,
+ax.text(math.log10(torch.finfo(torch.float16).max), ax.get_ylim()[1] * 0.9, " fp16 max", fontsize=9,
         color="tab:red")
-ax.set(xlabel="log10 |gradient entry|", ylabel="entries", title="Where the output gradients fall in fp16")
-ax.legend(fontsize=8, loc="upper left")
+ax.set(xlabel="log10 |gradient entry|", ylabel="entries",
+       title="Where the output gradients fall in fp16")
+ax.legend(fontsize=9, loc="upper left")
 fig.tight_layout()
 plt.show()
 
@@ -680,7 +717,8 @@ small = TrainConfig.from_preset("small")
 
 def small_config(name: str, **overrides) -> TrainConfig:
     """The `small` preset on Imagenette, writing into WORK_DIR/name, without progress bars."""
-    settings = dict(data_path=str(DATA_ROOT), output_dir=str(WORK_DIR / name), progress=False, resume="none")
+    settings = (dict(data_path=str(DATA_ROOT), output_dir=str(WORK_DIR / name), progress=False,
+                     resume="none"))
     return TrainConfig.from_preset("small", **{**settings, **overrides})
 
 
@@ -692,13 +730,13 @@ def small_config(name: str, **overrides) -> TrainConfig:
 # `dino_tutorial.optim` (or your clipping from exercise 2) and `ema_update` from `dino_tutorial.teacher`. Return the
 # loss as a Python float.
 
-# %% tags=["raises-exception"]
+# %% tags=["exercise"]
 def my_training_step(trainer: Trainer, crops: list, epoch: int, it: int) -> float:
     """One DINO iteration on the trainer's student, teacher, loss and optimizer."""
     c = trainer.config
     #################################################################
     # Fill in the blanks (...), then remove this line.
-    raise NotImplementedError("Exercise 3: one training step")
+    raise NotImplementedError("my_training_step still has blanks (...)")
     #################################################################
     for g, group in enumerate(trainer.optimizer.param_groups):  # 1. schedules
         group["lr"] = ...
@@ -716,7 +754,7 @@ def my_training_step(trainer: Trainer, crops: list, epoch: int, it: int) -> floa
     return loss.item()
 
 
-# %% tags=["hide-cell"]
+# %% tags=["solution", "hide-cell"]
 # Solution to exercise 3
 def my_training_step(trainer: Trainer, crops: list, epoch: int, it: int) -> float:
     """One DINO iteration on the trainer's student, teacher, loss and optimizer."""
@@ -741,23 +779,29 @@ def my_training_step(trainer: Trainer, crops: list, epoch: int, it: int) -> floa
 
 # %%
 def check_training_step(step_fn):
-    """Two trainers built from the same seed; two steps each on the same batches: mine against train_step."""
-    # Enough images for two batches, in float32, on the CPU whatever DEVICE is (GPU kernels are not bitwise
-    # reproducible, and AdamW turns tiny differences in tiny gradients into full-size steps); the last layer
+    """Two trainers built from the same seed; two steps each on the same batches: mine against
+    train_step."""
+    # Enough images for two batches, in float32, on the CPU whatever DEVICE is (GPU kernels are not
+    # bitwise
+    # reproducible, and AdamW turns tiny differences in tiny gradients into full-size steps); the
+    # last layer
     # frozen in the first epoch whatever the preset says, so that both cases are checked.
     settings = dict(device="cpu", amp="none", freeze_last_layer=1,
                     train_per_class=math.ceil(2 * small.batch_size_per_gpu / 10) + 1)
     mine = Trainer(small_config("step_mine", **settings))
     reference = Trainer(small_config("step_reference", **settings))
     size = mine.config.batch_size_per_gpu
-    batches = [collate_views([mine.dataset[i] for i in range(b * size, (b + 1) * size)])[0] for b in range(2)]
-    # The last iteration of epoch 1 (last layer frozen) and the first of epoch 2 (last layer trained);
+    batches = ([collate_views([mine.dataset[i] for i in range(b * size, (b + 1) * size)])[0]
+                for b in range(2)])
+    # The last iteration of epoch 1 (last layer frozen) and the first of epoch 2 (last layer
+    # trained);
     # iteration 0 would not do: its learning rate is 0.
     plan = [(0, mine.niter - 1), (1, mine.niter)]
     last_layer = reference.student.head.last_layer.weight_v.detach().clone()
     for (epoch, it), batch in zip(plan, batches):
         batch = [x.to(reference.device) for x in batch]
-        if batch[0].dtype == torch.uint8:  # the fast data path (config.augmentation="fast") gives uint8 views
+        # the fast data path (config.augmentation="fast") gives uint8 views
+        if batch[0].dtype == torch.uint8:
             batch = [normalize_uint8(x) for x in batch]
         my_loss = step_fn(mine, batch, epoch, it)
         ref_loss, _ = reference.train_step(batch, epoch, it, it - epoch * reference.niter)
@@ -765,20 +809,24 @@ def check_training_step(step_fn):
             f"epoch {epoch}, iteration {it}: your loss {my_loss:.6f}, train_step's {ref_loss:.6f}")
         if epoch == 0:
             frozen = torch.equal(reference.student.head.last_layer.weight_v, last_layer)
-            assert frozen, "the reference changed the frozen last layer: this check itself is broken"
+            assert frozen, ("the reference changed the frozen last layer: this check itself is "
+                            "broken")
         for part in ("student", "teacher"):
             ours, theirs = getattr(mine, part).state_dict(), getattr(reference, part).state_dict()
             for name in theirs:
                 assert torch.allclose(ours[name], theirs[name], rtol=1e-4, atol=1e-6), (
-                    f"after epoch {epoch}, iteration {it}: the {part}'s {name} differs from train_step's")
-        assert torch.allclose(mine.dino_loss.center, reference.dino_loss.center, rtol=1e-4, atol=1e-7), \
-            f"after epoch {epoch}, iteration {it}: the loss centre differs (call the loss once per step)"
+                    f"after epoch {epoch}, iteration {it}: the {part}'s {name} differs from "
+                    "train_step's")
+        assert torch.allclose(mine.dino_loss.center, reference.dino_loss.center, rtol=1e-4,
+                              atol=1e-7), (f"after epoch {epoch}, iteration {it}: the loss centre "
+                                           f"differs (call the loss once per step)")
     moved = not torch.equal(reference.student.head.last_layer.weight_v, last_layer)
     assert moved, "the last layer did not move in epoch 2: this check itself is broken"
-    print("Correct: your step matches Trainer.train_step (student, teacher and centre, in epochs 1 and 2)")
+    print("Correct: your step matches Trainer.train_step (student, teacher and centre, in epochs 1 "
+          "and 2)")
 
 
-check_training_step(my_training_step)
+check_exercise(3, check_training_step, my_training_step)
 
 # %% [markdown]
 # The check compares every parameter and BatchNorm statistic of both networks and the loss's centre after two
@@ -796,8 +844,10 @@ check_training_step(my_training_step)
 
 # %% tags=["hide-input"]
 rows = [("backbone", "arch", lambda c: c.arch),
-        ("views", "global_size", lambda c: f"2 x {c.global_size} px + {c.local_crops_number} x {c.local_size} px"),
-        ("crop scales", "global_crops_scale", lambda c: f"{c.global_crops_scale}, {c.local_crops_scale}"),
+        ("views", "global_size", lambda c: f"2 x {c.global_size} px + {c.local_crops_number} x "
+                                           f"{c.local_size} px"),
+        ("crop scales", "global_crops_scale",
+         lambda c: f"{c.global_crops_scale}, {c.local_crops_scale}"),
         ("head outputs K", "out_dim", lambda c: f"{c.out_dim:,}"),
         ("BatchNorm in the head", "use_bn_in_head", lambda c: c.use_bn_in_head),
         ("optimizer", "optimizer", lambda c: c.optimizer),
@@ -805,10 +855,12 @@ rows = [("backbone", "arch", lambda c: c.arch),
         ("warmup epochs", "warmup_epochs", lambda c: c.warmup_epochs),
         ("weight decay", "weight_decay", lambda c: f"{c.weight_decay:g} to {c.weight_decay_end:g}"),
         ("last layer frozen", "freeze_last_layer", lambda c: f"{c.freeze_last_layer} epoch(s)"),
-        ("gradient clipping", "clip_grad", lambda c: f"{c.clip_grad:g} per parameter" if c.clip_grad else "off"),
+        ("gradient clipping", "clip_grad", lambda c: f"{c.clip_grad:g} per parameter"
+         if c.clip_grad else "off"),
         ("teacher momentum", "momentum_teacher", lambda c: f"{c.momentum_teacher:g} to 1"),
         ("teacher temperature", "teacher_temp",
-         lambda c: f"{c.warmup_teacher_temp:g} to {c.teacher_temp:g} in {c.warmup_teacher_temp_epochs} epochs"
+         lambda c: f"{c.warmup_teacher_temp:g} to {c.teacher_temp:g} in "
+                   f"{c.warmup_teacher_temp_epochs} epochs"
          if c.warmup_teacher_temp_epochs else f"{c.teacher_temp:g}"),
         ("batch", "batch_size_per_gpu", lambda c: c.batch_size_per_gpu),
         ("epochs", "epochs", lambda c: c.epochs)]
@@ -858,7 +910,8 @@ def views(c: TrainConfig) -> list:
 
 @torch.no_grad()
 def bottleneck_similarity(c: TrainConfig, batch: int = 64) -> float:
-    """Mean cosine between the bottleneck vectors of different images (global view 1), at initialisation."""
+    """Mean cosine between the bottleneck vectors of different images (global view 1), at
+    initialisation."""
     set_seed(0)
     augment = MultiCropAugmentation(c.global_crops_scale, c.local_crops_scale, c.local_crops_number,
                                     c.global_size, c.local_size)
@@ -866,17 +919,21 @@ def bottleneck_similarity(c: TrainConfig, batch: int = 64) -> float:
     first_views = torch.stack([data[i][0][0] for i in range(batch)])
     backbone, dim = build_backbone(c.arch, small_images=c.small_images)
     head = DINOHead(dim, c.out_dim, use_bn=c.use_bn_in_head, hidden_dim=c.head_hidden_dim,
-                    bottleneck_dim=c.head_bottleneck_dim)  # in train mode: BatchNorm uses the batch, as in training
+                    # in train mode: BatchNorm uses the batch, as in training
+                    bottleneck_dim=c.head_bottleneck_dim)
     z = F.normalize(head.mlp(backbone(first_views)), dim=-1)
     return (z @ z.T)[~torch.eye(batch, dtype=torch.bool)].mean().item()
 
 
 small_iters = (counts["train"] // small.batch_size_per_gpu) * small.epochs
-glue("small_params", f"{sum(p.numel() for p in build_backbone(small.arch)[0].parameters()) / 1e6:.2f} M",
+glue("small_params",
+     f"{sum(p.numel() for p in build_backbone(small.arch)[0].parameters()) / 1e6:.2f} M",
      display=False)
-glue("rn50_params", f"{sum(p.numel() for p in build_backbone(rn50.arch)[0].parameters()) / 1e6:.1f} M",
+glue("rn50_params",
+     f"{sum(p.numel() for p in build_backbone(rn50.arch)[0].parameters()) / 1e6:.1f} M",
      display=False)
-glue("flops_ratio", f"{multiply_adds(rn50.arch, views(rn50)) / multiply_adds(small.arch, views(small)):.0f}",
+glue("flops_ratio",
+     f"{multiply_adds(rn50.arch, views(rn50)) / multiply_adds(small.arch, views(small)):.0f}",
      display=False)
 glue("small_iters", f"{small_iters:,}", display=False)
 glue("small_teacher_temp", f"{small.teacher_temp:g}", display=False)
@@ -886,7 +943,8 @@ glue("small_epochs", f"{small.epochs}", display=False)
 glue("small_global_size", f"{small.global_size}", display=False)
 glue("n_train", f"{counts['train']:,}", display=False)
 glue("small_bottleneck_cos", f"{bottleneck_similarity(small):.2f}", display=False)
-glue("momentum_epochs", f"{1 / (1 - rn50.momentum_teacher) / (counts['train'] // small.batch_size_per_gpu):.0f}",
+glue("momentum_epochs",
+     f"{1 / (1 - rn50.momentum_teacher) / (counts['train'] // small.batch_size_per_gpu):.0f}",
      display=False)
 
 # %% [markdown]
@@ -905,7 +963,8 @@ KNN_PER_CLASS = 50 if DEVICE.type == "cpu" else 100    # k-NN images per class i
 workers = small.num_workers if DEVICE.type == "cpu" else max(1, min(8, os.cpu_count() or 1))
 run = small_config("small_run", epochs=EPOCHS or small.epochs, train_per_class=TRAIN_PER_CLASS,
                    knn_per_class=KNN_PER_CLASS, num_workers=workers)
-run.warmup_epochs = min(run.warmup_epochs, run.epochs)  # a run shorter than the warmup warms up throughout
+# a run shorter than the warmup warms up throughout
+run.warmup_epochs = min(run.warmup_epochs, run.epochs)
 print(f"{run.arch}, {run.epochs} epochs on {TRAIN_PER_CLASS or 'all'} images per class, k-NN on "
       f"{KNN_PER_CLASS or 'all'} images per class of each split, device {DEVICE.type}")
 
@@ -916,14 +975,16 @@ def cpu_seconds() -> float:
         import resource  # Unix only
     except ImportError:
         return time.process_time()
-    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    own, children = (resource.getrusage(resource.RUSAGE_SELF),
+                     resource.getrusage(resource.RUSAGE_CHILDREN))
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 start, cpu_start = time.time(), cpu_seconds()
 result = train(run)
 wall_s, cpu_s = time.time() - start, cpu_seconds() - cpu_start
-print(f"trained in {wall_s:.0f} s of wall-clock time, {cpu_s:.0f} s of CPU time (with the data loaders)")
+print(f"trained in {wall_s:.0f} s of wall-clock time, {cpu_s:.0f} s of CPU time (with the data "
+      "loaders)")
 glue("run_seconds", f"{wall_s:.0f}", display=False)
 
 # %% [markdown]
@@ -931,8 +992,10 @@ glue("run_seconds", f"{wall_s:.0f}", display=False)
 # (epoch 0: the k-NN accuracy of the random network, before any training).
 
 # %% tags=["nbval-ignore-output"]
-# The digits of a training run depend on floating-point summation order (the CPU's kernels and thread count), so
-# the tests compare this cell and the summary below by what the text claims: the check cell after the summary.
+# The digits of a training run depend on floating-point summation order (the CPU's kernels and
+# thread count), so
+# the tests compare this cell and the summary below by what the text claims: the check cell after
+# the summary.
 def read_log(path: Path) -> list:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
@@ -950,38 +1013,47 @@ for r in log:
 def plot_run(records: list, out_dim: int, title: str, baselines: dict = None):
     """Loss, teacher entropy and k-NN top-1 per epoch, from a log.jsonl.
 
-    ``baselines``: optional {"pixels": {"top1", "low", "high"}, "random": {"mean", "sd"}} (results/baselines.json),
-    drawn on the k-NN panel as the raw-pixel interval and the random network's mean +- 2 sd over seeds.
+    ``baselines``: optional {"pixels": {"top1", "low", "high"}, "random": {"mean", "sd"}}
+    (results/baselines.json), drawn on the k-NN panel as the raw-pixel interval and the random
+    network's mean +- 2 sd over seeds.
     """
     trained = [r for r in records if r["epoch"] > 0]
     knn = [r for r in records if "knn_top1" in r]
     ln_k = math.log(out_dim)
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
+    fig, axes = plt.subplots(1, 3, figsize=(9, 2.5))
     for ax, key, label in ((axes[0], "loss", "DINO loss (nats)"),
                            (axes[1], "teacher_entropy", "teacher entropy (nats)")):
         ax.plot([r["epoch"] for r in trained], [r[key] for r in trained], "o-", markersize=4)
         ax.axhline(ln_k, color="grey", linestyle="--", linewidth=1)
-        ax.text(0.02, ln_k, f"ln K = {ln_k:.2f} (uniform)", transform=ax.get_yaxis_transform(), va="top",
-                fontsize=8, color="grey")
+        ax.text(0.02, ln_k, f"ln K = {ln_k:.2f} (uniform)", transform=ax.get_yaxis_transform(),
+                va="top",
+                fontsize=9, color="grey")
         ax.set(xlabel="epoch", ylabel=label)
-    axes[2].plot([r["epoch"] for r in knn], [r["knn_top1"] for r in knn], "o-", markersize=4, color="tab:green")
+    axes[2].plot([r["epoch"] for r in knn], [r["knn_top1"] for r in knn], "o-", markersize=4,
+                 color="tab:green")
     if knn and knn[0]["epoch"] == 0:
         values = [r["knn_top1"] for r in knn]
         pad = 0.15 * (max(values) - min(values) or 1.0)
         axes[2].set_ylim(min(values) - pad, max(values) + pad)
         axes[2].axhline(values[0], color="grey", linestyle=":", linewidth=1)
-        axes[2].text(0.98, values[0], "random network", transform=axes[2].get_yaxis_transform(), ha="right",
-                     va="bottom" if values[-1] < values[0] else "top", fontsize=8, color="grey")
+        axes[2].text(0.98, values[0], "random network", transform=axes[2].get_yaxis_transform(),
+                     ha="right",
+                     va="bottom" if values[-1] < values[0] else "top", fontsize=9, color="grey")
     if baselines:
         pixels, random_init = baselines["pixels"], baselines["random"]
         axes[2].axhspan(pixels["low"], pixels["high"], color="tab:blue", alpha=0.15, lw=0)
-        axes[2].text(0.02, pixels["high"], "raw pixels (95% interval)", transform=axes[2].get_yaxis_transform(),
-                     va="bottom", fontsize=8, color="tab:blue")
-        axes[2].axhspan(random_init["mean"] - 2 * random_init["sd"], random_init["mean"] + 2 * random_init["sd"],
+        axes[2].text(0.02, pixels["high"], "raw pixels (95% interval)",
+                     transform=axes[2].get_yaxis_transform(),
+                     va="bottom", fontsize=9, color="tab:blue")
+        axes[2].axhspan(random_init["mean"] - 2 * random_init["sd"],
+                        random_init["mean"] + 2 * random_init["sd"],
                         color="tab:orange", alpha=0.15, lw=0)
-        axes[2].text(0.02, random_init["mean"] - 2 * random_init["sd"], "random init, 5 seeds (mean +- 2 sd)",
-                     transform=axes[2].get_yaxis_transform(), va="top", fontsize=8, color="tab:orange")
-        values = [r["knn_top1"] for r in knn] + [pixels["high"], random_init["mean"] - 2 * random_init["sd"]]
+        axes[2].text(0.02, random_init["mean"] - 2 * random_init["sd"],
+                     "random init, 5 seeds (mean +- 2 sd)",
+                     transform=axes[2].get_yaxis_transform(), va="top", fontsize=9,
+                     color="tab:orange")
+        values = ([r["knn_top1"] for r in knn] + [pixels["high"],
+                                                  random_init["mean"] - 2 * random_init["sd"]])
         axes[2].set_ylim(min(values) - 3, max(values) + 3)
     axes[2].set(xlabel="epoch", ylabel="k-NN top-1 (%)")
     for ax in axes:
@@ -1008,17 +1080,19 @@ change = final["knn_top1"] - random_init["knn_top1"]
 verdict = ("above" if change > 0 else "below" if change < 0 else "equal to")
 display(Markdown(
     f"After {run.epochs} epochs the loss is {final['loss']:.2f} and the teacher's entropy "
-    f"{final['teacher_entropy']:.2f} nats (uniform outputs would give ln K = {math.log(run.out_dim):.2f}). The "
-    f"teacher's k-NN top-1 is {final['knn_top1']:.1f}%, {abs(change):.1f} points {verdict} the random "
-    f"network's {random_init['knn_top1']:.1f}%."))
+    f"{final['teacher_entropy']:.2f} nats (uniform outputs would give ln K = "
+    f"{math.log(run.out_dim):.2f}). The teacher's k-NN top-1 is {final['knn_top1']:.1f}%, "
+    f"{abs(change):.1f} points {verdict} the random network's {random_init['knn_top1']:.1f}%."))
 
 # %% tags=["hide-input"]
 # What the text claims of this short run, checked on this machine's digits.
 assert all(math.isfinite(r["loss"]) for r in log if "loss" in r), "the loss must stay finite"
-assert 0 < final["teacher_entropy"] < math.log(run.out_dim), "the teacher must stay between the two collapses"
-assert all(r["knn_top1"] > 100 / 10 for r in knn_records), "every k-NN evaluation must beat chance (10%)"
-print(f"Checked: finite loss, teacher entropy inside (0, ln K), k-NN above chance at all {len(knn_records)} "
-      f"evaluations.")
+assert 0 < final["teacher_entropy"] < math.log(run.out_dim), ("the teacher must stay between the "
+                                                              "two collapses")
+assert all(r["knn_top1"] > 100 / 10 for r in knn_records), ("every k-NN evaluation must beat "
+                                                            "chance (10%)")
+print(f"Checked: finite loss, teacher entropy inside (0, ln K), k-NN above chance at all "
+      f"{len(knn_records)} evaluations.")
 
 # %% [markdown]
 # How to read these curves (chapter 04 explains the two collapses):
@@ -1047,12 +1121,14 @@ RESULTS = Path("results")
 long_log_path, long_info_path = RESULTS / "small_cpu_log.jsonl", RESULTS / "small_cpu_run.txt"
 long_log = read_log(long_log_path) if long_log_path.exists() else None
 # small_cpu_run.txt: one "key<TAB>value[<TAB>comment]" line per fact about the run
-long_info = (dict(line.split("\t", 1) for line in long_info_path.read_text().splitlines() if "\t" in line)
+long_info = (dict(line.split("\t", 1) for line in long_info_path.read_text().splitlines()
+                  if "\t" in line)
              if long_info_path.exists() else {})
 if long_log is None:
-    display(Markdown(f"**The long run is not here:** `{long_log_path}` is missing in this copy of the course, so "
-                     f"there is no full-length curve to show. Run the preset yourself with "
-                     f"`python -m dino_tutorial.train --preset small --data-path DIR --output-dir DIR`."))
+    display(Markdown(f"**The long run is not here:** `{long_log_path}` is missing in this copy of "
+                     f"the course, so there is no full-length curve to show. Run the preset "
+                     f"yourself with `python -m dino_tutorial.train --preset small --data-path DIR "
+                     "--output-dir DIR`."))
 else:
     where = (f"It ran on: {long_info['hardware']}." if "hardware" in long_info else
              f"`{long_info_path}`, which would say what it ran on, is missing.")
@@ -1061,8 +1137,8 @@ else:
         where += f" Training took {minutes:.0f} minutes of wall-clock time"
         if "process_cpu_time_s" in long_info:
             cpu_minutes = float(long_info["process_cpu_time_s"].split("\t")[0]) / 60
-            where += (f"; the whole process used {cpu_minutes:.0f} minutes of CPU time (k-NN evaluations "
-                      f"included), about what it would take on an idle core")
+            where += (f"; the whole process used {cpu_minutes:.0f} minutes of CPU time (k-NN "
+                      f"evaluations included), about what it would take on an idle core")
         where += "."
     display(Markdown(f"The committed run of the `small` preset, from `{long_log_path}`: "
                      f"{max(r['epoch'] for r in long_log)} epochs on all training images. {where}"))
@@ -1093,15 +1169,18 @@ def describe_long_run(records: list) -> dict:
     }
 
 
-BASELINES = json.loads((RESULTS / "baselines.json").read_text()) if (RESULTS / "baselines.json").is_file() else {}
+BASELINES = (json.loads((RESULTS / "baselines.json").read_text())
+             if (RESULTS / "baselines.json").is_file() else {})
 
 
 def baselines_for(name: str):
-    """The raw-pixel and random-network baselines of a committed run, from results/baselines.json."""
+    """The raw-pixel and random-network baselines of a committed run, from results/baselines.json.
+    """
     trained, random_init = BASELINES.get(f"trained/{name}"), BASELINES.get(f"random/{name}")
     if not trained or not random_init:
         return None
-    return {"pixels": BASELINES[f"pixels/{trained['dataset']}"], "random": random_init, "trained": trained}
+    return ({"pixels": BASELINES[f"pixels/{trained['dataset']}"], "random": random_init,
+             "trained": trained})
 
 
 if long_log is not None:
@@ -1110,7 +1189,8 @@ if long_log is not None:
     long_numbers = describe_long_run(long_log)
 else:  # the text below then reads "not available" where it quotes the run
     long_numbers = dict.fromkeys(describe_long_run([{"epoch": 0, "knn_top1": 0.0},
-                                                    {"epoch": 1, "loss": 0.0, "teacher_entropy": 0.0,
+                                                    {"epoch": 1, "loss": 0.0,
+                                                     "teacher_entropy": 0.0,
                                                      "knn_top1": 0.0}]), "(not available)")
 for key, value in long_numbers.items():
     glue(key, value, display=False)
@@ -1146,22 +1226,26 @@ for key, value in long_numbers.items():
 # %%
 ref_log_path, ref_info_path = RESULTS / "imagenette_log.jsonl", RESULTS / "imagenette_run.txt"
 ref_log = read_log(ref_log_path) if ref_log_path.exists() else None
-ref_info = (dict(line.split("\t", 1) for line in ref_info_path.read_text().splitlines() if "\t" in line)
+ref_info = (dict(line.split("\t", 1) for line in ref_info_path.read_text().splitlines()
+                 if "\t" in line)
             if ref_info_path.exists() else {})
 ref_baselines = baselines_for("imagenette")
 if ref_log is None:
-    display(Markdown(f"**The reference run is not here:** `{ref_log_path}` is missing in this copy of the course."))
+    display(Markdown(f"**The reference run is not here:** `{ref_log_path}` is missing in this copy "
+                     "of the course."))
     for key in ("ref_train", "ref_epochs", "ref_minutes", "ref_final", "ref_vs_baselines"):
         glue(key, "(not available)", display=False)
 else:
-    plot_run(ref_log, small.out_dim, f"The reference run: small preset on all of Imagenette ({ref_log_path})",
+    plot_run(ref_log, small.out_dim, f"The reference run: small preset on all of Imagenette "
+                                     f"({ref_log_path})",
              ref_baselines)
     knn = [r for r in ref_log if "knn_top1" in r]
     print(f"ran on: {ref_info.get('hardware', 'not recorded')}")
     print("k-NN top-1 by epoch: " + ", ".join(f"{r['epoch']}: {r['knn_top1']:.1f}%" for r in knn))
     glue("ref_train", ref_info.get("train_images", "(not recorded)").split("\t")[0], display=False)
     glue("ref_epochs", f"{knn[-1]['epoch']}", display=False)
-    glue("ref_minutes", f"{float(ref_info.get('training_wall_time_s', 'nan').split(chr(9))[0]) / 60:.0f}",
+    glue("ref_minutes",
+         f"{float(ref_info.get('training_wall_time_s', 'nan').split(chr(9))[0]) / 60:.0f}",
          display=False)
     glue("ref_final", f"{knn[-1]['knn_top1']:.1f}", display=False)
 
@@ -1171,10 +1255,12 @@ def versus(name: str) -> str:
     b = baselines_for(name)
     if b is None:
         return "not compared (results/baselines.json is missing)"
-    trained, floor = b["trained"], max(b["pixels"]["high"], b["random"]["mean"] + 2 * b["random"]["sd"])
+    trained, floor = (b["trained"], max(b["pixels"]["high"],
+                                        b["random"]["mean"] + 2 * b["random"]["sd"]))
     interval = f"{trained['top1']:.1f}% [{trained['low']:.1f}, {trained['high']:.1f}]"
     if trained["low"] > floor:
-        return f"clear of both: {interval}, {trained['low'] - floor:.1f} points above the higher baseline band"
+        return (f"clear of both: {interval}, {trained['low'] - floor:.1f} points above the higher "
+                "baseline band")
     if trained["high"] < floor:
         return f"not clear of them: {interval} lies below the higher baseline band"
     return f"inside the noise of the higher baseline: {interval} overlaps its band"

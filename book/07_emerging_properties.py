@@ -40,7 +40,7 @@
 # ## Setup
 
 # %% tags=["hide-input"]
-# Install the course package when it is missing (in Colab); locally: `pip install -e .` in the repository.
+# Install the course package when it is missing (Colab); locally: `pip install -e .` in the repo.
 try:
     import dino_tutorial
 except ImportError:
@@ -76,6 +76,20 @@ except ImportError:
 DEVICE = setup(seed=0, font_size=9, one_thread_on_small_cpu=True)
 
 
+def check_exercise(number: int, check, *answer) -> None:
+    """Run exercise `number`'s check on your answer; while it has blanks, say so in one line."""
+    try:
+        check(*answer)
+    except NotImplementedError as blank:
+        print(f"Exercise {number} is not done yet: {blank}. Fill them in, delete the `raise` line, "
+              f"then run the exercise cell and this one again.")
+    except (TypeError, AttributeError) as error:
+        if "ellipsis" not in str(error) and "NoneType" not in str(error):
+            raise
+        print(f"Exercise {number} is not done yet: a blank (...) is left or nothing is returned "
+              f"({error}).")
+
+
 def as_image(tensor: torch.Tensor) -> np.ndarray:
     """A normalised (3, H, W) image as an (H, W, 3) array in [0, 1] for imshow."""
     return denormalize(tensor.cpu()).permute(1, 2, 0).numpy()
@@ -100,12 +114,13 @@ try:
 except FileNotFoundError as err:
     problem = err
 if problem:
-    print(f"This chapter needs photographs and Imagenette: set DINO_DATA to a folder holding imagenet-samples/ "
-          f"and imagenette-mini/, or run online so that Imagenette is downloaded into {resolve_data_root()} "
-          f"({problem})")
+    print(f"This chapter needs photographs and Imagenette: set DINO_DATA to a folder holding "
+          f"imagenet-samples/ and imagenette-mini/, or run online so that Imagenette is downloaded "
+          f"into {resolve_data_root()} ({problem})")
     raise SystemExit(1)
 CLASS_NAMES = [IMAGENETTE_CLASSES.get(wnid, wnid) for wnid in imagenette("val").classes]
-print(f"{len(PHOTO_PATHS)} photos for the figures; Imagenette at {DATA_ROOT.name}, {len(CLASS_NAMES)} classes")
+print(f"{len(PHOTO_PATHS)} photos for the figures; Imagenette at {DATA_ROOT.name}, "
+      f"{len(CLASS_NAMES)} classes")
 
 # %% [markdown]
 # ## Section 1: attention maps, and what a ResNet has instead
@@ -137,7 +152,8 @@ BACKBONE_URL = ("https://github.com/dino-tutorial/dino-tutorial/raw/main/book/as
 
 
 def fetch(path: Path, url: str):
-    """`path` when it exists, else the file downloaded from `url` to `path`; None when that fails (offline)."""
+    """`path` when it exists, else the file downloaded from `url` to `path`; None when that fails
+    (offline)."""
     if path.is_file():
         return path
     download = Path(tempfile.mkdtemp()) / path.name
@@ -165,11 +181,12 @@ random_backbone, FEATURE_DIM = build_backbone(ARCH, small_images=SMALL_IMAGES)
 NETWORKS = {"random": random_backbone.eval()}
 if trained_file is not None:
     NETWORKS["DINO"], _ = checkpoint.load_backbone(trained_file)
-    print(f"DINO: the teacher backbone of the reference run ({ARCH}) after {stored['epochs']} epochs, "
-          f"from {BACKBONE_FILE.name}")
+    print(f"DINO: the teacher backbone of the reference run ({ARCH}) after {stored['epochs']} "
+          f"epochs, from {BACKBONE_FILE.name}")
 else:
-    print(f"No DINO-trained backbone at {BACKBONE_FILE} (and none could be downloaded): this run shows the "
-          f"random network only. The comparison with the DINO-trained network appears when the file is there.")
+    print(f"No DINO-trained backbone at {BACKBONE_FILE} (and none could be downloaded): this run "
+          f"shows the random network only. The comparison with the DINO-trained network appears "
+          "when the file is there.")
 NETWORKS = {name: net.to(DEVICE) for name, net in NETWORKS.items()}
 print(f"random: {ARCH} initialised with seed 0, {FEATURE_DIM}-d features")
 
@@ -185,20 +202,24 @@ print(f"random: {ARCH} initialised with seed 0, {FEATURE_DIM}-d features")
 
 # %%
 low_scale, high_scale = SMALL.global_crops_scale
-largest = round(SMALL.global_size / low_scale ** 0.5)       # a view of the smallest area, blown up to full size
+# a view of the smallest area, blown up to full size
+largest = round(SMALL.global_size / low_scale ** 0.5)
 IMAGE_SIZE = round((SMALL.global_size / high_scale ** 0.5 + largest) / 2)
 DISPLAY_SIZE = 224
 glue("small_global_size", SMALL.global_size, display=False)
 glue("small_scale_range", f"{100 * low_scale:.0f}% to {100 * high_scale:.0f}%", display=False)
 glue("small_largest", largest, display=False)
 glue("image_size", IMAGE_SIZE, display=False)
-FIGURE_PHOTOS = ["black_swan", "tench", "sea_lion", "Shetland_sheepdog", "water_tower", "spaghetti_squash"]
+FIGURE_PHOTOS = (["black_swan", "tench", "sea_lion", "Shetland_sheepdog", "water_tower",
+                  "spaghetti_squash"])
 chosen = [p for name in FIGURE_PHOTOS for p in PHOTO_PATHS if p.stem.endswith(name)]
 chosen = chosen if len(chosen) == len(FIGURE_PHOTOS) else PHOTO_PATHS[:len(FIGURE_PHOTOS)]
 PHOTO_TITLES = [p.stem.split("_", 1)[-1].replace("_", " ") for p in chosen]
 photos = [load_rgb(p) for p in chosen]
-PHOTOS = torch.stack([eval_transform(IMAGE_SIZE)(photo) for photo in photos])            # what the networks see
-SHOWN = torch.stack([eval_transform(DISPLAY_SIZE)(photo) for photo in photos])           # the same crops, larger
+# what the networks see
+PHOTOS = torch.stack([eval_transform(IMAGE_SIZE)(photo) for photo in photos])
+# the same crops, larger
+SHOWN = torch.stack([eval_transform(DISPLAY_SIZE)(photo) for photo in photos])
 
 for name, net in NETWORKS.items():
     maps = analysis.feature_map(net, PHOTOS.to(DEVICE)).cpu()
@@ -228,8 +249,8 @@ step = 32 // OUTPUT_STRIDE
 for name, maps in MAPS.items():
     original = analysis.feature_map(NETWORKS[name], PHOTOS.to(DEVICE)).cpu()
     contained = torch.allclose(maps[..., ::step, ::step], original, atol=1e-4, rtol=1e-4)
-    print(f"{name}, output stride {OUTPUT_STRIDE}: feature maps {tuple(maps.shape)}; positions 0, {step}, "
-          f"{2 * step}, ... equal the original map: {contained}")
+    print(f"{name}, output stride {OUTPUT_STRIDE}: feature maps {tuple(maps.shape)}; positions 0, "
+          f"{step}, {2 * step}, ... equal the original map: {contained}")
 glue("original_map_size", " × ".join(map(str, original.shape[-2:])), display=False)
 h, w = MAPS["random"].shape[-2:]
 glue("map_size", f"{h} × {w}", display=False)
@@ -247,7 +268,8 @@ glue("output_stride", OUTPUT_STRIDE, display=False)
 # %% tags=["hide-input"]
 SETTINGS = [(IMAGE_SIZE, 32), (IMAGE_SIZE, 16), (IMAGE_SIZE, 8), (DISPLAY_SIZE, 32)]
 example = PHOTO_TITLES.index("sea lion") if "sea lion" in PHOTO_TITLES else 0
-fig, axes = plt.subplots(len(NETWORKS), len(SETTINGS) + 1, figsize=(11, 2.3 * len(NETWORKS)), squeeze=False)
+fig, axes = (plt.subplots(len(NETWORKS), len(SETTINGS) + 1, figsize=(9, 1.9 * len(NETWORKS)),
+                          squeeze=False))
 for row, (name, net) in enumerate(NETWORKS.items()):
     axes[row, 0].imshow(as_image(SHOWN[example]))
     axes[row, 0].set_ylabel(name)
@@ -284,9 +306,12 @@ plt.show()
 
 # %% tags=["hide-input"]
 def plot_rows(rows, titles, height=1.9):
-    """A grid of images: `rows` is a list of (row label, list of arrays, imshow keyword arguments)."""
-    fig, axes = plt.subplots(len(rows), len(titles), figsize=(1.9 * len(titles) + 0.6, height * len(rows)),
-                             squeeze=False)
+    """A grid of images: `rows` is a list of (row label, list of arrays, imshow keyword arguments).
+    """
+    width = 1.9 * len(titles) + 0.6
+    shrink = min(1.0, 9 / width)  # at most 9 inches: the width of the book's column
+    fig, axes = plt.subplots(len(rows), len(titles), squeeze=False,
+                             figsize=(shrink * width, shrink * height * len(rows)))
     for r, (label, images, kwargs) in enumerate(rows):
         for c, image in enumerate(images):
             axes[r, c].imshow(image, **kwargs)
@@ -317,15 +342,17 @@ def plot_rows(rows, titles, height=1.9):
 # $[0, 1]$. Scale each component by its minimum and maximum over the whole batch. (The sign of a singular
 # vector is arbitrary: the check accepts either sign of each component.)
 
-# %% tags=["raises-exception"]
+# %% tags=["exercise"]
 def pca_rgb(feature_maps: torch.Tensor, n_components: int = 3) -> torch.Tensor:
-    """(B, C, h, w) -> (B, h, w, n_components): principal components of all positions, scaled to [0, 1]."""
+    """(B, C, h, w) -> (B, h, w, n_components): principal components of all positions, scaled to [0,
+    1]."""
     B, C, h, w = feature_maps.shape
     #################################################################
     # Fill in the blanks (...), then remove this line.
-    raise NotImplementedError("Exercise 1: principal components as colours")
+    raise NotImplementedError("pca_rgb still has blanks (...)")
     #################################################################
-    x = ...                      # (B * h * w, C): one row per position, the images one after another
+    # (B * h * w, C): one row per position, the images one after another
+    x = ...
     x = ...                      # centred: the mean row subtracted
     _, _, vt = torch.linalg.svd(x, full_matrices=False)
     p = ...                      # (B * h * w, n_components): projections on the first rows of vt
@@ -333,12 +360,14 @@ def pca_rgb(feature_maps: torch.Tensor, n_components: int = 3) -> torch.Tensor:
     return p.reshape(B, h, w, n_components)
 
 
-print(tuple(pca_rgb(MAPS["random"]).shape))
+# Uncomment to try your function:
+# print(tuple(pca_rgb(MAPS["random"]).shape))
 
-# %% tags=["hide-cell"]
+# %% tags=["solution", "hide-cell"]
 # Solution to exercise 1
 def pca_rgb(feature_maps: torch.Tensor, n_components: int = 3) -> torch.Tensor:
-    """(B, C, h, w) -> (B, h, w, n_components): principal components of all positions, scaled to [0, 1]."""
+    """(B, C, h, w) -> (B, h, w, n_components): principal components of all positions, scaled to [0,
+    1]."""
     B, C, h, w = feature_maps.shape
     x = feature_maps.permute(0, 2, 3, 1).reshape(-1, C)
     x = x - x.mean(dim=0)
@@ -353,19 +382,22 @@ print(tuple(pca_rgb(MAPS["random"]).shape))
 
 # %%
 def check_pca_rgb(pca_fn):
-    """Equal to dino_tutorial.analysis.pca_rgb up to the sign of each component, on the photos' feature maps."""
+    """Equal to dino_tutorial.analysis.pca_rgb up to the sign of each component, on the photos'
+    feature maps."""
     for name, maps in MAPS.items():
         for n in (1, 3):
             yours, reference = pca_fn(maps, n), analysis.pca_rgb(maps, n)
-            assert yours.shape == reference.shape, f"expected shape {tuple(reference.shape)}, got {tuple(yours.shape)}"
+            assert yours.shape == reference.shape, (f"expected shape {tuple(reference.shape)}, got "
+                                                    f"{tuple(yours.shape)}")
             for k in range(n):
                 a, b = yours[..., k], reference[..., k]
                 assert (torch.allclose(a, b, atol=1e-3) or torch.allclose(a, 1 - b, atol=1e-3)), (
-                    f"{name}: component {k + 1} differs from dino_tutorial.analysis.pca_rgb (even with its sign flipped)")
+                    f"{name}: component {k + 1} differs from dino_tutorial.analysis.pca_rgb (even "
+                    "with its sign flipped)")
     print("Correct: your colours match dino_tutorial.analysis.pca_rgb")
 
 
-check_pca_rgb(pca_rgb)
+check_exercise(1, check_pca_rgb, pca_rgb)
 
 # %% tags=["hide-input"]
 DISPLAY = (DISPLAY_SIZE, DISPLAY_SIZE)
@@ -392,9 +424,10 @@ for name, maps in MAPS.items():
     within = ((maps - per_image_mean) ** 2).sum().item()
     between = ((per_image_mean - maps.mean(dim=(0, 2, 3), keepdim=True)) ** 2).sum().item() * h * w
     shares[name] = f"{100 * between / (between + within):.0f}%"
-    print(f"{name}: {100 * between / (between + within):.0f}% of the variance of the descriptors lies between "
-          f"the photos, {100 * within / (between + within):.0f}% within them")
-glue("between_shares", " and ".join(f"{share} for the {name} network" for name, share in shares.items()),
+    print(f"{name}: {100 * between / (between + within):.0f}% of the variance of the descriptors "
+          f"lies between the photos, {100 * within / (between + within):.0f}% within them")
+glue("between_shares", " and ".join(f"{share} for the {name} network" for name,
+                                    share in shares.items()),
      display=False)
 
 # %% [markdown]
@@ -488,12 +521,13 @@ plot_rows(photo_row + mask_rows, PHOTO_TITLES)
 # Write `saliency(feature_maps)`: $(B, C, h, w) \to (B, h, w)$, the L2 norm over channels, scaled per image
 # so that its smallest value is 0 and its largest 1 (an image whose norms are all equal gets zeros).
 
-# %% tags=["raises-exception"]
+# %% tags=["exercise"]
 def saliency(feature_maps: torch.Tensor) -> torch.Tensor:
-    """(B, C, h, w) -> (B, h, w): the feature norm at each position, min-max scaled to [0, 1] per image."""
+    """(B, C, h, w) -> (B, h, w): the feature norm at each position, min-max scaled to [0, 1] per
+    image."""
     #################################################################
     # Fill in the blanks (...), then remove this line.
-    raise NotImplementedError("Exercise 2: feature-norm saliency")
+    raise NotImplementedError("saliency still has blanks (...)")
     #################################################################
     norm = ...                   # (B, h, w): L2 norm over the channels
     low = ...                    # (B, 1, 1): each image's smallest norm
@@ -501,12 +535,14 @@ def saliency(feature_maps: torch.Tensor) -> torch.Tensor:
     return ...                   # guard the division for constant images
 
 
-print(tuple(saliency(MAPS["random"]).shape))
+# Uncomment to try your function:
+# print(tuple(saliency(MAPS["random"]).shape))
 
-# %% tags=["hide-cell"]
+# %% tags=["solution", "hide-cell"]
 # Solution to exercise 2
 def saliency(feature_maps: torch.Tensor) -> torch.Tensor:
-    """(B, C, h, w) -> (B, h, w): the feature norm at each position, min-max scaled to [0, 1] per image."""
+    """(B, C, h, w) -> (B, h, w): the feature norm at each position, min-max scaled to [0, 1] per
+    image."""
     norm = feature_maps.norm(dim=1)
     low = norm.amin(dim=(1, 2), keepdim=True)
     high = norm.amax(dim=(1, 2), keepdim=True)
@@ -521,14 +557,17 @@ def check_saliency(saliency_fn):
     """Equal to dino_tutorial.analysis.saliency on the photos and on a constant map."""
     for name, maps in MAPS.items():
         yours, reference = saliency_fn(maps), analysis.saliency(maps)
-        assert yours.shape == reference.shape, f"expected shape {tuple(reference.shape)}, got {tuple(yours.shape)}"
-        assert torch.allclose(yours, reference, atol=1e-5), f"{name}: your saliency differs from the package's"
+        assert yours.shape == reference.shape, (f"expected shape {tuple(reference.shape)}, got "
+                                                f"{tuple(yours.shape)}")
+        assert torch.allclose(yours, reference, atol=1e-5), (
+            f"{name}: your saliency differs from the package's")
     constant = saliency_fn(torch.ones(1, 4, 3, 3))
-    assert torch.equal(constant, torch.zeros(1, 3, 3)), f"a constant map should give zeros, got {constant.flatten()}"
+    assert torch.equal(constant, torch.zeros(1, 3, 3)), (
+        f"a constant map should give zeros, got {constant.flatten()}")
     print("Correct: your saliency matches dino_tutorial.analysis.saliency")
 
 
-check_saliency(saliency)
+check_exercise(2, check_saliency, saliency)
 
 # %% tags=["hide-input"]
 NORM_MASKS = {name: analysis.foreground_mask(maps, method="norm") for name, maps in MAPS.items()}
@@ -536,8 +575,10 @@ saliency_rows = []
 for name, maps in MAPS.items():
     heat = analysis.upsample(analysis.saliency(maps), DISPLAY)
     big_masks = analysis.upsample(NORM_MASKS[name], DISPLAY)
-    saliency_rows.append((f"{name}: saliency", list(heat), {"cmap": "inferno", "vmin": 0, "vmax": 1}))
-    saliency_rows.append((f"{name}: norm mask", [dim_outside(as_image(p), m) for p, m in zip(SHOWN, big_masks)], {}))
+    saliency_rows.append((f"{name}: saliency", list(heat),
+                          {"cmap": "inferno", "vmin": 0, "vmax": 1}))
+    saliency_rows.append((f"{name}: norm mask", [dim_outside(as_image(p), m) for p,
+                                                 m in zip(SHOWN, big_masks)], {}))
 plot_rows(photo_row + saliency_rows, PHOTO_TITLES)
 
 # %% [markdown]
@@ -556,13 +597,15 @@ CENTRE_BOX = torch.zeros(h, w, dtype=torch.bool)
 CENTRE_BOX[h // 4:h - h // 4, w // 4:w - w // 4] = True        # the central half of each axis
 NOISE_NORMS = {}
 for name, net in DENSE.items():
-    NOISE_NORMS[name] = analysis.feature_map(net, noise.to(DEVICE)).cpu().norm(dim=1).mean(dim=0)   # (h, w)
+    # (h, w)
+    NOISE_NORMS[name] = analysis.feature_map(net, noise.to(DEVICE)).cpu().norm(dim=1).mean(dim=0)
     ratio = (NOISE_NORMS[name][CENTRE_BOX].mean() / NOISE_NORMS[name][ring].mean()).item()
     glue(f"noise_ratio_{name}", f"{ratio:.2f}", display=False)
     print(f"{name}: on noise, the mean feature norm of the central positions is {ratio:.2f} times "
           f"that of the border positions")
 
-fig, axes = plt.subplots(1, len(NOISE_NORMS), figsize=(3.9 * len(NOISE_NORMS), 2.9), squeeze=False)
+fig, axes = plt.subplots(1, len(NOISE_NORMS), figsize=(min(9, 3.9 * len(NOISE_NORMS)), 2.9),
+                         squeeze=False)
 for ax, (name, norms) in zip(axes[0], NOISE_NORMS.items()):
     image = ax.imshow(norms, cmap="inferno")
     fig.colorbar(image, ax=ax, label="mean feature norm")
@@ -620,8 +663,8 @@ bank_images, bank_labels, bank_dataset = load_split("train", BANK_PER_CLASS)
 query_images, query_labels, query_dataset = load_split("val", QUERY_PER_CLASS)
 BANK = {name: feature_maps_of(net, bank_images) for name, net in DENSE.items()}
 QUERIES = {name: feature_maps_of(net, query_images) for name, net in DENSE.items()}
-print(f"memory bank: {len(bank_labels)} training images, queries: {len(query_labels)} validation images; "
-      f"feature maps {tuple(BANK['random'].shape[1:])} each")
+print(f"memory bank: {len(bank_labels)} training images, queries: {len(query_labels)} validation "
+      f"images; feature maps {tuple(BANK['random'].shape[1:])} each")
 
 # %% [markdown]
 # For each query, the figure shows its five nearest training images by cosine similarity of the pooled
@@ -634,13 +677,15 @@ print(f"memory bank: {len(bank_labels)} training images, queries: {len(query_lab
 # %% tags=["hide-input"]
 ALL_MASKS = {}   # PCA masks of every bank and query image, one principal direction per network
 for name in NETWORKS:
-    masks = analysis.foreground_mask(torch.cat([BANK[name], QUERIES[name]]), method="pca", orient="minority",
+    masks = analysis.foreground_mask(torch.cat([BANK[name], QUERIES[name]]), method="pca",
+                                     orient="minority",
                                      centre="image")
     ALL_MASKS[name] = (masks[:len(bank_labels)], masks[len(bank_labels):])
 
 
 def nearest(name, k=5):
-    """(similarities, indices), both (queries, k), of the k nearest bank images by cosine similarity."""
+    """(similarities, indices), both (queries, k), of the k nearest bank images by cosine
+    similarity."""
     bank = F.normalize(BANK[name].mean(dim=(2, 3)), dim=1)
     queries = F.normalize(QUERIES[name].mean(dim=(2, 3)), dim=1)
     return (queries @ bank.T).topk(k, dim=1)
@@ -649,7 +694,7 @@ def nearest(name, k=5):
 def show_neighbours(name, query_ids, k=5):
     similarity, index = nearest(name, k)
     bank_masks, query_masks = (analysis.upsample(m, DISPLAY) for m in ALL_MASKS[name])
-    fig, axes = plt.subplots(len(query_ids), k + 1, figsize=(1.6 * (k + 1), 1.75 * len(query_ids)))
+    fig, axes = plt.subplots(len(query_ids), k + 1, figsize=(1.5 * (k + 1), 1.65 * len(query_ids)))
     for row, q in enumerate(query_ids):
         axes[row, 0].imshow(dim_outside(as_image(query_dataset[q][0]), query_masks[q]))
         axes[row, 0].set_title(f"query: {CLASS_NAMES[query_labels[q]]}", fontweight="bold")
@@ -659,7 +704,8 @@ def show_neighbours(name, query_ids, k=5):
             colour = "tab:green" if same else "tab:red"
             ax = axes[row, col + 1]
             ax.imshow(dim_outside(as_image(bank_dataset[i][0]), bank_masks[i]))
-            ax.set_title(f"{CLASS_NAMES[bank_labels[i]]}, s = {similarity[q, col]:.3f}", fontsize=7, color=colour)
+            ax.set_title(f"{CLASS_NAMES[bank_labels[i]]}, s = {similarity[q, col]:.3f}", fontsize=9,
+                         color=colour)
             plt.setp(list(ax.spines.values()), color=colour, lw=3)
     for ax in axes.flat:
         ax.set_xticks([])
@@ -691,10 +737,12 @@ for name in NETWORKS:
 # %% tags=["remove-cell"]
 glue("n_queries", len(query_labels), display=False)
 if "DINO" in NETWORKS:
+    dino_agreement = (bank_labels[nearest("DINO")[1]] == query_labels[:, None]).float().mean()
     sentence = ("The DINO-trained network's neighbours share the query's class in "
-                f"{100 * (bank_labels[nearest('DINO')[1]] == query_labels[:, None]).float().mean():.1f}% of cases.")
+                f"{100 * dino_agreement:.1f}% of cases.")
 else:
-    sentence = "(The DINO-trained network's neighbours appear here when its backbone file is present.)"
+    sentence = ("(The DINO-trained network's neighbours appear here when its backbone file is "
+                "present.)")
 glue("trained_agreement_sentence", sentence, display=False)
 
 # %% [markdown]
@@ -731,9 +779,13 @@ for name in NETWORKS:
     print(f"{name}: the PCA masks cover {100 * masks.float().mean():.0f}% of the positions, and "
           f"{100 * inside:.0f}% of their positions lie in the central region")
 glue("centre_share", f"{100 * centre_share:.0f}", display=False)
-glue("centre_fraction_trained", "" if "DINO" not in NETWORKS else "and the DINO network's "
-     f"{100 * (torch.cat(ALL_MASKS['DINO']) & CENTRE_BOX).sum().item() / torch.cat(ALL_MASKS['DINO']).sum().item():.0f}%",
-     display=False)
+if "DINO" in NETWORKS:
+    dino_masks = torch.cat(ALL_MASKS["DINO"])
+    dino_inside = (dino_masks & CENTRE_BOX).sum().item() / dino_masks.sum().item()
+    glue("centre_fraction_trained", f"and the DINO network's {100 * dino_inside:.0f}%",
+         display=False)
+else:
+    glue("centre_fraction_trained", "", display=False)
 
 # %% [markdown]
 # A mask that ignored the image would put {glue:text}`centre_share`% of its positions in the central region;
@@ -744,17 +796,21 @@ glue("centre_fraction_trained", "" if "DINO" not in NETWORKS else "and the DINO 
 
 # %%
 def same_count_masks(masks: torch.Tensor, where: str, seed: int = 0) -> torch.Tensor:
-    """Masks with as many positions as `masks`, taken closest to the centre ("centre") or at random."""
+    """Masks with as many positions as `masks`, taken closest to the centre ("centre") or at random.
+    """
     B, h, w = masks.shape
     counts = masks.flatten(1).sum(dim=1)
     if where == "centre":
-        rows, cols = torch.meshgrid(torch.arange(h) - (h - 1) / 2, torch.arange(w) - (w - 1) / 2, indexing="ij")
-        distance = (rows ** 2 + cols ** 2).flatten() + 1e-3 * torch.arange(h * w)   # ties broken by index
+        rows, cols = (torch.meshgrid(torch.arange(h) - (h - 1) / 2, torch.arange(w) - (w - 1) / 2,
+                                     indexing="ij"))
+        # ties broken by index
+        distance = (rows ** 2 + cols ** 2).flatten() + 1e-3 * torch.arange(h * w)
         order = distance.argsort().expand(B, -1)
     else:
         generator = torch.Generator().manual_seed(seed)
         order = torch.stack([torch.randperm(h * w, generator=generator) for _ in range(B)])
-    rank = torch.empty(B, h * w, dtype=torch.long).scatter_(1, order, torch.arange(h * w).expand(B, -1))
+    rank = (torch.empty(B, h * w, dtype=torch.long).scatter_(1, order,
+                                                             torch.arange(h * w).expand(B, -1)))
     return (rank < counts[:, None]).reshape(B, h, w)
 
 
@@ -763,7 +819,8 @@ def masked_knn(name, regions):
     bank_regions, query_regions = regions[:len(bank_labels)], regions[len(bank_labels):]
     bank = analysis.masked_mean(BANK[name], bank_regions)
     queries = analysis.masked_mean(QUERIES[name], query_regions)
-    return knn_classify(bank, bank_labels, queries, query_labels, k=20, T=0.07, num_classes=len(CLASS_NAMES))[0]
+    return (knn_classify(bank, bank_labels, queries, query_labels, k=20, T=0.07,
+                         num_classes=len(CLASS_NAMES))[0])
 
 
 SCORES, IOU_WITH_CENTRE = {}, {}
@@ -781,12 +838,14 @@ for name in NETWORKS:
         "centre, as many as the norm mask": same_count_masks(norm_masks, "centre"),
     }
     SCORES[name] = {region: masked_knn(name, r) for region, r in regions.items()}
-    IOU_WITH_CENTRE[name] = analysis.mask_iou(pca_masks, regions["centre, as many positions"]).mean().item()
+    IOU_WITH_CENTRE[name] = (analysis.mask_iou(pca_masks,
+                                               regions["centre, as many positions"]).mean().item())
 
 print(f"{'k-NN top-1 (%), pooled over':<34}" + "".join(f"{name:>10}" for name in NETWORKS))
 for region in SCORES["random"]:
     print(f"{region:<34}" + "".join(f"{SCORES[name][region]:10.1f}" for name in NETWORKS))
-print(f"{'mean IoU, PCA mask with the centre':<34}" + "".join(f"{IOU_WITH_CENTRE[name]:10.2f}" for name in NETWORKS))
+print(f"{'mean IoU, PCA mask with the centre':<34}" + "".join(f"{IOU_WITH_CENTRE[name]:10.2f}"
+                                                              for name in NETWORKS))
 
 # %% tags=["remove-cell"]
 for name, scores in SCORES.items():
@@ -795,9 +854,11 @@ for name, scores in SCORES.items():
     glue(f"outside_{name}", f"{scores['outside the PCA mask']:.1f}", display=False)
     glue(f"centre_{name}", f"{scores['centre, as many positions']:.1f}", display=False)
     glue(f"iou_centre_{name}", f"{IOU_WITH_CENTRE[name]:.2f}", display=False)
-    glue(f"inside_vs_centre_{name}", compare(scores["inside the PCA mask"], scores["centre, as many positions"]),
+    glue(f"inside_vs_centre_{name}", compare(scores["inside the PCA mask"],
+                                             scores["centre, as many positions"]),
          display=False)
-    glue(f"norm_vs_centre_{name}", compare(scores["inside the norm mask"], scores["centre, as many as the norm mask"]),
+    glue(f"norm_vs_centre_{name}", compare(scores["inside the norm mask"],
+                                           scores["centre, as many as the norm mask"]),
          display=False)
 glue("point", f"{100 / len(query_labels):.1f}", display=False)
 NOISE_POINTS = 2.0   # differences smaller than this are within the noise of this many queries
@@ -816,15 +877,18 @@ glue("noise_points", f"{NOISE_POINTS:.0f}", display=False)
 glue("verdict_random", verdict(SCORES["random"]), display=False)
 if "DINO" in NETWORKS:
     s = SCORES["DINO"]
-    sentence = (f"For the DINO-trained network, the whole image scores {s['whole image']:.1f}%; inside its PCA "
-                f"mask {s['inside the PCA mask']:.1f}%, outside it {s['outside the PCA mask']:.1f}%, and its central "
-                f"control {s['centre, as many positions']:.1f}%; its norm mask "
-                f"{compare(s['inside the norm mask'], s['centre, as many as the norm mask'])} its own central "
-                f"control. By this test, {verdict(s)}. (For scale: its whole-image feature scores "
-                f"{compare(s['whole image'], SCORES['random']['whole image'])} the random network's.)")
+    sentence = (f"For the DINO-trained network, the whole image scores {s['whole image']:.1f}%; "
+                f"inside its PCA mask {s['inside the PCA mask']:.1f}%, outside it "
+                f"{s['outside the PCA mask']:.1f}%, and its central control "
+                f"{s['centre, as many positions']:.1f}%; its norm mask "
+                f"{compare(s['inside the norm mask'], s['centre, as many as the norm mask'])} its "
+                f"own central control. By this test, {verdict(s)}. (For scale: its whole-image "
+                f"feature scores {compare(s['whole image'], SCORES['random']['whole image'])} the "
+                "random network's.)")
 else:
-    sentence = ("The same numbers for the DINO-trained network appear here when its backbone file is present; "
-                "they are the test of whether training moved the masks onto the objects.")
+    sentence = ("The same numbers for the DINO-trained network appear here when its backbone file "
+                "is present; they are the test of whether training moved the masks onto the "
+                "objects.")
 glue("trained_mask_sentence", sentence, display=False)
 
 # %% [markdown]
@@ -889,8 +953,8 @@ if not mask_scores:
 else:
     width = max(map(len, mask_scores))
     for label, score in mask_scores.items():
-        print(f"{label:<{width}}  mean Jaccard {score['mean_jaccard']:.3f}  [{score['low']:.3f}, {score['high']:.3f}]"
-              f"  ({score['images']} photos)")
+        print(f"{label:<{width}}  mean Jaccard {score['mean_jaccard']:.3f}  [{score['low']:.3f}, "
+              f"{score['high']:.3f}]  ({score['images']} photos)")
 prior = mask_scores.get("centred ellipse (60% of width and height)")
 learnt = {label: score for label, score in mask_scores.items() if not label.startswith("centred")}
 best_label = max(learnt, key=lambda label: learnt[label]["mean_jaccard"]) if learnt else None
@@ -909,7 +973,8 @@ if prior and best_label:
     glue("mask_relation", relation, display=False)
     glue("mask_dino_vs_random",
          ("better than" if min(s["low"] for s in [best_dino]) > best_random["high"] else
-          "worse than" if best_dino["high"] < best_random["low"] else "not distinguishable from"), display=False)
+          "worse than" if best_dino["high"] < best_random["low"] else "not distinguishable from"),
+          display=False)
 else:
     for name in ("mask_prior", "mask_best", "mask_relation", "mask_dino_vs_random"):
         glue(name, "(not measured)", display=False)
@@ -919,20 +984,23 @@ from dino_tutorial.analysis import centred_ellipse, saliency_pairs
 
 SALIENCY_SET = resolve_data_root() / "duts-te-500"
 if not (SALIENCY_SET / "images").is_dir():
-    print(f"duts-te-500 is not under the data folder, so its masks are not drawn. It is a 500-photo subset of "
-          f"the DUTS test set (saliencydetection.net/duts): put its images/ and masks/ in {SALIENCY_SET.name}/.")
+    print(f"duts-te-500 is not under the data folder, so its masks are not drawn. It is a "
+          f"500-photo subset of the DUTS test set (saliencydetection.net/duts): put its images/ "
+          f"and masks/ in {SALIENCY_SET.name}/.")
 else:
     pairs = saliency_pairs(SALIENCY_SET)[::100][:5]
     size = 128
     photos_s = [load_rgb(i) for i, _ in pairs]
     truths = [np.asarray(load_rgb(m).convert("L")) > 127 for _, m in pairs]
-    batch = torch.stack([eval_transform(size, resize_size=size)(p.resize((size, size))) for p in photos_s]).to(DEVICE)
+    batch = (torch.stack([eval_transform(size, resize_size=size)(p.resize((size, size)))
+                          for p in photos_s]).to(DEVICE))
     rows = ["photo", "human mask", "centred ellipse"] + [f"{name}, pca" for name in NETWORKS]
     fig, axes = plt.subplots(len(rows), len(pairs), figsize=(1.3 * len(pairs), 1.1 * len(rows)))
     masks_by_row = {"centred ellipse": [centred_ellipse(*t.shape).numpy() for t in truths]}
     for name, net in NETWORKS.items():
         found = analysis.foreground_mask(analysis.feature_map(net, batch).cpu(), method="pca")
-        masks_by_row[f"{name}, pca"] = [analysis.upsample(m[None], t.shape)[0].numpy() for m, t in zip(found, truths)]
+        masks_by_row[f"{name}, pca"] = ([analysis.upsample(m[None], t.shape)[0].numpy() for m,
+                                         t in zip(found, truths)])
     for col, (photo, truth) in enumerate(zip(photos_s, truths)):
         axes[0, col].imshow(photo)
         axes[1, col].imshow(truth, cmap="gray")
@@ -940,9 +1008,9 @@ else:
             mask = masks_by_row[label][col]
             iou = (mask & truth).sum() / max((mask | truth).sum(), 1)
             axes[row, col].imshow(mask, cmap="gray")
-            axes[row, col].set_title(f"J = {iou:.2f}", fontsize=7)
+            axes[row, col].set_title(f"J = {iou:.2f}", fontsize=9)
     for row, label in enumerate(rows):
-        axes[row, 0].set_ylabel(label, fontsize=7)
+        axes[row, 0].set_ylabel(label, fontsize=9)
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
@@ -967,9 +1035,11 @@ else:
 
 # %% tags=["nbval-ignore-output"]
 def load_authors_resnet50():
-    """The authors' DINO ResNet-50 backbone (fc = identity) from torch.hub, or None when it cannot be loaded."""
+    """The authors' DINO ResNet-50 backbone (fc = identity) from torch.hub, or None when it cannot
+    be loaded."""
     try:
-        return torch.hub.load("facebookresearch/dino:main", "dino_resnet50", trust_repo=True, verbose=False)
+        return (torch.hub.load("facebookresearch/dino:main", "dino_resnet50", trust_repo=True,
+                               verbose=False))
     except Exception:  # offline, or the hub is unreachable
         return None
 
@@ -983,10 +1053,13 @@ else:
     big = {"DINO ResNet-50": authors_resnet50, "random ResNet-50": random_resnet50}
     rows = [("photo", [as_image(p) for p in SHOWN], {})]
     for name, net in big.items():
-        maps = analysis.feature_map(analysis.densify(net.eval(), 16).to(DEVICE), SHOWN.to(DEVICE)).cpu()
+        maps = (analysis.feature_map(analysis.densify(net.eval(), 16).to(DEVICE),
+                                     SHOWN.to(DEVICE)).cpu())
         masks = analysis.upsample(analysis.foreground_mask(maps, centre="image"), DISPLAY)
-        rows += [(f"{name}\nPCA colours", list(analysis.upsample(analysis.pca_rgb(maps), DISPLAY)), {}),
-                 (f"{name}\nPCA mask", [dim_outside(as_image(p), m) for p, m in zip(SHOWN, masks)], {}),
+        rows += [(f"{name}\nPCA colours", list(analysis.upsample(analysis.pca_rgb(maps), DISPLAY)),
+                  {}),
+                 (f"{name}\nPCA mask", [dim_outside(as_image(p), m) for p, m in zip(SHOWN, masks)],
+                  {}),
                  (f"{name}\nsaliency", list(analysis.upsample(analysis.saliency(maps), DISPLAY)),
                   {"cmap": "inferno", "vmin": 0, "vmax": 1})]
     plot_rows(rows, PHOTO_TITLES)

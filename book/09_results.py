@@ -33,7 +33,7 @@
 # ## Setup
 
 # %% tags=["hide-input"]
-# Install the course package when it is missing (in Colab); locally: `pip install -e .` in the repository.
+# Install the course package when it is missing (Colab); locally: `pip install -e .` in the repo.
 try:
     import dino_tutorial
 except ImportError:
@@ -71,7 +71,8 @@ def show_table(header: list, rows: list) -> None:
 # (below), so its rows compare with each other better than with the paper's.
 
 # %%
-# Published numbers, typed from their sources (top-1 accuracy on ImageNet val, %); None = not reported there.
+# Published numbers, typed from their sources (top-1 accuracy on ImageNet val, %); None = not
+# reported there.
 PAPER = "Caron et al. 2021, Table 2"
 LIGHTLY = "lightly ImageNet benchmark (docs.lightly.ai)"
 published = [
@@ -135,7 +136,8 @@ def read_summary(path: Path) -> dict:
 
 
 def summary_printed_by_chapter_08() -> dict:
-    """The summary that the committed outputs of chapter 08 show (the cell that prints summary.txt)."""
+    """The summary that the committed outputs of chapter 08 show (the cell that prints summary.txt).
+    """
     nb = nbformat.read("08_full_training.ipynb", as_version=4)
     for cell in nb.cells:
         for out in cell.get("outputs", []):
@@ -156,13 +158,14 @@ if smoke is None:
 elif smoke == summary_printed_by_chapter_08():
     print(f"{smoke_path} matches the summary in chapter 08's committed outputs")
 else:
-    print(f"{smoke_path} differs from the summary in chapter 08's committed outputs: re-run chapter 08 and copy "
-          f"its summary.txt here")
+    print(f"{smoke_path} differs from the summary in chapter 08's committed outputs: re-run "
+          f"chapter 08 and copy its summary.txt here")
 
 small_path = RESULTS / "small_cpu_log.jsonl"
 small_log = ([json.loads(line) for line in small_path.read_text().splitlines() if line.strip()]
              if small_path.exists() else None)
-print(f"{small_path}: " + (f"{len(small_log)} logged epochs" if small_log else "missing, the run counts as not made"))
+print(f"{small_path}: " + (f"{len(small_log)} logged epochs" if small_log
+                           else "missing, the run counts as not made"))
 
 # %% [markdown]
 # Each run in one line: what it trained, on what, and what it measured. The linear accuracy of the `small`
@@ -174,32 +177,42 @@ def last_with(records: list, key: str):
     return values[-1] if values else None
 
 
-ours = []   # (run, data, epochs, hardware, k-NN top-1, linear top-1, k-NN of the random network, source)
+# (run, data, epochs, hardware, k-NN top-1, linear top-1, k-NN of the random network, source)
+ours = []
 if smoke:
-    smoke_log = [json.loads(line) for line in (RESULTS / "smoke_log.jsonl").read_text().splitlines()]
-    ours.append(("chapter 08 smoke run (" + smoke["arch"] + ")", "imagenette-mini subset, 10 classes",
-                 smoke["epochs"], smoke["hardware"], float(smoke["knn_top1"]), float(smoke["linear_top1"]),
+    smoke_log = ([json.loads(line)
+                  for line in (RESULTS / "smoke_log.jsonl").read_text().splitlines()])
+    ours.append(("chapter 08 smoke run (" + smoke["arch"] + ")",
+                 "imagenette-mini subset, 10 classes",
+                 smoke["epochs"], smoke["hardware"], float(smoke["knn_top1"]),
+                 float(smoke["linear_top1"]),
                  smoke_log[0].get("knn_top1"), "results/smoke_summary.txt"))
 else:
     ours.append(("chapter 08 smoke run", "imagenette-mini", NOT_MADE, "-", None, None, None, "-"))
 if small_log:
     final = last_with(small_log, "knn_top1")
-    ours.append(("small preset (chapter 06)", "Imagenette, 10 classes", max(r["epoch"] for r in small_log),
+    ours.append(("small preset (chapter 06)", "Imagenette, 10 classes",
+                 max(r["epoch"] for r in small_log),
                  "CPU", final["knn_top1"], "not measured", small_log[0].get("knn_top1"),
                  "results/small_cpu_log.jsonl"))
 else:
-    ours.append(("small preset (chapter 06)", "Imagenette, 10 classes", NOT_MADE, "-", None, None, None, "-"))
+    ours.append(("small preset (chapter 06)", "Imagenette, 10 classes", NOT_MADE, "-", None, None,
+                 None, "-"))
 reference_path = RESULTS / "imagenette_log.jsonl"
-reference_log = ([json.loads(line) for line in reference_path.read_text().splitlines() if line.strip()]
+reference_log = ([json.loads(line) for line in reference_path.read_text().splitlines()
+                  if line.strip()]
                  if reference_path.exists() else None)
 if reference_log:
     final = last_with(reference_log, "knn_top1")
-    ours.append(("reference run (chapter 06)", "all of Imagenette, 10 classes", max(r["epoch"] for r in reference_log),
+    ours.append(("reference run (chapter 06)", "all of Imagenette, 10 classes",
+                 max(r["epoch"] for r in reference_log),
                  "CPU", final["knn_top1"], "not measured", reference_log[0].get("knn_top1"),
                  "results/imagenette_log.jsonl"))
 else:
-    ours.append(("reference run (chapter 06)", "all of Imagenette", NOT_MADE, "-", None, None, None, "-"))
-ours.append(("rn50_imagenet (chapter 08)", "ImageNet, 1,000 classes", NOT_MADE, "GPUs", None, None, None, "-"))
+    ours.append(("reference run (chapter 06)", "all of Imagenette", NOT_MADE, "-", None, None, None,
+                 "-"))
+ours.append(("rn50_imagenet (chapter 08)", "ImageNet, 1,000 classes", NOT_MADE, "GPUs", None, None,
+             None, "-"))
 
 
 def cell(value, made: bool) -> str:
@@ -208,7 +221,8 @@ def cell(value, made: bool) -> str:
     return pct(value) if made else NOT_MADE
 
 
-show_table(["run", "data", "epochs", "hardware", "k-NN top-1 (%)", "linear top-1 (%)", "k-NN, random init (%)",
+show_table(["run", "data", "epochs", "hardware", "k-NN top-1 (%)", "linear top-1 (%)",
+            "k-NN, random init (%)",
             "file"],
            [(r, d, e, h, cell(k, e != NOT_MADE), cell(l, e != NOT_MADE), cell(k0, e != NOT_MADE), f)
             for r, d, e, h, k, l, k0, f in ours])
@@ -219,7 +233,8 @@ if smoke:
     glue("smoke_epochs", smoke["epochs"], display=False)
     glue("smoke_images_seen", smoke["images_seen"], display=False)
 else:
-    for name in ("smoke_knn", "smoke_linear", "smoke_random_knn", "smoke_epochs", "smoke_images_seen"):
+    for name in ("smoke_knn", "smoke_linear", "smoke_random_knn", "smoke_epochs",
+                 "smoke_images_seen"):
         glue(name, NOT_MADE, display=False)
 small_status = (f"{last_with(small_log, 'knn_top1')['knn_top1']:.1f}% k-NN top-1 after "
                 f"{max(r['epoch'] for r in small_log)} epochs") if small_log else NOT_MADE
@@ -236,7 +251,8 @@ glue("small_status", small_status, display=False)
 baselines_path = RESULTS / "baselines.json"
 baselines = json.loads(baselines_path.read_text()) if baselines_path.exists() else {}
 rows = []
-for name, label in (("small", "small preset, 30 epochs (chapters 03, 06)"), ("imagenette", "reference run (chapters 05-07)")):
+for name, label in (("small", "small preset, 30 epochs (chapters 03, 06)"),
+                    ("imagenette", "reference run (chapters 05-07)")):
     trained, random_init = baselines.get(f"trained/{name}"), baselines.get(f"random/{name}")
     if not trained or not random_init:
         rows.append((label, "-", NOT_MADE, "-", "-", "-"))
@@ -244,14 +260,16 @@ for name, label in (("small", "small preset, 30 epochs (chapters 03, 06)"), ("im
     pixels = baselines[f"pixels/{trained['dataset']}"]
     floor = max(pixels["high"], random_init["mean"] + 2 * random_init["sd"])
     verdict = (f"yes, by {trained['low'] - floor:.1f} points" if trained["low"] > floor else
-               "no: inside the baselines' noise" if trained["high"] > floor else "no: below a baseline")
+               "no: inside the baselines' noise" if trained["high"] > floor
+               else "no: below a baseline")
     rows.append((label, f"{trained['dataset']}, {trained['arch']} at {trained['image_size']} px",
                  f"{trained['top1']:.1f} [{trained['low']:.1f}, {trained['high']:.1f}]",
                  f"{random_init['mean']:.1f} +- {random_init['sd']:.1f}",
                  f"{pixels['top1']:.1f} [{pixels['low']:.1f}, {pixels['high']:.1f}]", verdict))
     glue(f"table_{name}_knn", f"{trained['top1']:.1f}", display=False)
     glue(f"table_{name}_verdict", verdict, display=False)
-show_table(["network", "data, backbone", "k-NN top-1 (%) [95% interval]", "random init, 5 seeds (%)",
+show_table(["network", "data, backbone", "k-NN top-1 (%) [95% interval]",
+            "random init, 5 seeds (%)",
             "raw 16 x 16 pixels (%)", "clear of both baselines?"], rows)
 print(f"measured on: {baselines.get('_machine', 'unknown')} (tools/course_baselines.py)")
 
@@ -264,37 +282,40 @@ print(f"measured on: {baselines.get('_machine', 'unknown')} (tools/course_baseli
 # the same network before training.
 
 # %%
-# Each row: (label, k-NN top-1, linear top-1, k-NN of the random network); None where there is no number.
+# Each row: (label, k-NN top-1, linear top-1, k-NN of the random network); None where there is no
+# number.
 imagenet_rows = [("paper, Table 2", 67.5, 75.3, None), ("lightly, 100 epochs", 49.9, 68.2, None),
                  ("this course", None, None, None)]
 imagenette_rows = [(run.split(" (")[0], knn if epochs != NOT_MADE else None,
                     linear if isinstance(linear, float) else None, random_knn)
                    for run, _, epochs, _, knn, linear, random_knn, _ in ours[:3]]
 
-fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.8), gridspec_kw={"width_ratios": [1.2, 1]})
+fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.1), gridspec_kw={"width_ratios": [1.2, 1]})
 for ax, rows, title in ((left, imagenet_rows, "ImageNet (1,000 classes)"),
                         (right, imagenette_rows, "Imagenette (10 classes), this course")):
     for i, (name, knn, linear, random_knn) in enumerate(rows):
-        for offset, value, colour, label in ((-0.2, knn, "tab:blue", "k-NN"), (0.2, linear, "tab:orange", "linear")):
+        for offset, value, colour, label in ((-0.2, knn, "tab:blue", "k-NN"),
+                                             (0.2, linear, "tab:orange", "linear")):
             if value is not None:
                 ax.barh(i + offset, value, height=0.38, color=colour, label=label)
                 right_end = max(value, random_knn or 0) if label == "k-NN" else value
-                ax.text(right_end + 1.5, i + offset, f"{value:.1f}", va="center", fontsize=8)
+                ax.text(right_end + 1.5, i + offset, f"{value:.1f}", va="center", fontsize=9)
         if knn is None and linear is None:
             ax.text(2, i, NOT_MADE, va="center", fontsize=9, color="grey", style="italic")
         if random_knn is not None and knn is not None:
-            ax.plot([random_knn], [i - 0.2], "k|", markersize=14, markeredgewidth=2, label="k-NN, random init")
+            ax.plot([random_knn], [i - 0.2], "k|", markersize=14, markeredgewidth=2,
+                    label="k-NN, random init")
     ax.set_yticks(range(len(rows)), [r[0] for r in rows])
     ax.set_ylim(len(rows) - 0.4, -0.6)
     ax.set(xlim=(0, 100), xlabel="top-1 accuracy (%)", title=title)
 left.axvline(79.3, color="grey", linestyle="--", linewidth=1)
-left.text(80, len(imagenet_rows) - 0.5, "supervised, linear", fontsize=8, color="grey")
+left.text(80, len(imagenet_rows) - 0.5, "supervised, linear", fontsize=9, color="grey")
 right.axvline(10, color="grey", linestyle=":", linewidth=1)
-right.text(11, len(imagenette_rows) - 0.5, "chance", fontsize=8, color="grey")
+right.text(11, len(imagenette_rows) - 0.5, "chance", fontsize=9, color="grey")
 legend = {}
 for ax in (left, right):
     legend.update(zip(*reversed(ax.get_legend_handles_labels())))
-fig.legend(legend.values(), legend.keys(), loc="lower center", ncol=3, fontsize=8, frameon=False)
+fig.legend(legend.values(), legend.keys(), loc="lower center", ncol=3, fontsize=9, frameon=False)
 fig.tight_layout(rect=(0, 0.08, 1, 1))
 plt.show()
 
