@@ -3,17 +3,24 @@
 Made for a GPU machine borrowed for a few minutes: it makes its own ImageNet-size JPEGs (or uses --data), runs
 each benchmark as a subprocess with its own time limit (one that fails or overruns is reported, the others
 still run), prints each benchmark's full output as it comes, and ends with a table of the numbers that matter.
+In order: the trainer's three data paths for a few steps with the precision and repeatability checks
+(``paths_smoke.py``), the JPEG-to-step throughput and MFU, the k-NN at growing scale, the CPU data path,
+chapter 08 executed by papermill in its smoke mode (GPU run only; on synthetic JPEGs in 10 classes), and the
+training step variants, which get whatever time is left.
 
-    python benchmarks/gpu_report.py                     # about 8 minutes on one H100; --budget to change
+    python benchmarks/gpu_report.py                     # at most --budget seconds (520): under nine minutes
     python benchmarks/gpu_report.py --save report.md    # also write the whole report to a file
     python benchmarks/gpu_report.py --cpu-smoke         # tiny settings on the CPU: checks the script, ~1 min
 
-Needs torch, torchvision, numpy and Pillow (the package itself is imported from this checkout).
+Needs torch, torchvision, numpy and Pillow, and papermill with a ``python3`` Jupyter kernel for chapter 08
+(the package itself is imported from this checkout).
 """
 from __future__ import annotations
 
 import argparse
+import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -58,12 +65,19 @@ def run(name: str, command: List[str], limit: float, log: List[str]) -> str:
     banner = f"\n===== {name}: {' '.join(command)} (limit {limit:.0f} s)"
     print(banner, flush=True)
     start = time.time()
+    # a session of its own, so that an overrun stops its children too (DataLoader workers, a notebook's kernel)
+    process = subprocess.Popen([sys.executable, *command], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               cwd=HERE.parent, start_new_session=True)
     try:
-        done = subprocess.run([sys.executable, *command], capture_output=True, text=True, timeout=limit, cwd=HERE.parent)
-        output = done.stdout + (f"\n[exit code {done.returncode}]\n{done.stderr[-3000:]}" if done.returncode else "")
-    except subprocess.TimeoutExpired as err:
-        output = (err.stdout.decode() if isinstance(err.stdout, bytes) else err.stdout or "") + \
-            f"\n[stopped after {limit:.0f} s]"
+        stdout, stderr = process.communicate(timeout=limit)
+        output = stdout + (f"\n[exit code {process.returncode}]\n{stderr[-3000:]}" if process.returncode else "")
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        try:
+            stdout = process.communicate(timeout=30)[0]
+        except subprocess.TimeoutExpired:         # a grandchild in a session of its own still holds the pipe
+            stdout = ""
+        output = (stdout or "") + f"\n[stopped after {limit:.0f} s]"
     output += f"\n[{name}: {time.time() - start:.0f} s]"
     print(output, flush=True)
     log.extend([banner, output])
@@ -76,6 +90,19 @@ def summary(outputs: Dict[str, str]) -> str:
 
     def row(what, value, target=""):
         rows.append(f"| {what} | {value if value not in (None, '') else 'not measured'} | {target} |")
+
+    paths = outputs.get("paths", "")
+    chosen = re.search(r"amp='auto' picks (\w+)", paths)
+    row("autocast dtype of amp='auto'", chosen.group(1) if chosen else None)
+    for r in (r for t in markdown_tables(paths) for r in t if "path" in r):
+        row(f"data path {r['path']}: first losses, all finite, s",
+            f"{r.get('first losses')}; finite: {r.get('all finite')}; {r.get('seconds')} s", "finite")
+    for r in (r for t in markdown_tables(paths) for r in t if "precision, views" in r and r.get("within")):
+        row(f"same views, first loss: {r['precision, views']}, vs fp32 uint8",
+            f"{r.get('relative difference to fp32')} relative (tolerance {r.get('tolerance')}): "
+            f"within {r.get('within')}", "within")
+    for r in (r for t in markdown_tables(paths) for r in t if "device path twice, same seed" in r):
+        row(f"device path twice, same seed: {r['device path twice, same seed']}", r.get("result"), "yes")
 
     e2e = {r.get("pipeline"): r for t in markdown_tables(outputs.get("end_to_end", "")) for r in t if "pipeline" in r}
     reference = number(e2e.get("reference", {}).get("JPEG to step, images/s"))
@@ -104,31 +131,96 @@ def summary(outputs: Dict[str, str]) -> str:
     split = [r for t in markdown_tables(outputs.get("augment", "")) for r in t if "device path, split" in r]
     for r in split:
         row(f"device path, {r['device path, split']} (images/s)", r.get("images/s"))
+    book = outputs.get("chapter_08", "")
+    if book.startswith("[skipped"):
+        row("chapter 08 by papermill, smoke mode", book.strip("[]"))
+    elif book:
+        result = {r["metric"]: r["value"] for t in markdown_tables(book) for r in t if "metric" in r}
+        seconds = re.search(r"\[chapter_08: (\d+) s\]", book)
+        row("chapter 08 by papermill, smoke mode",
+            f"ran in {seconds.group(1) if seconds else '?'} s; k-NN top-1 {result.get('knn_top1')}%, linear top-1 "
+            f"{result.get('linear_top1')}% (synthetic classes: checks the pipeline, not the accuracy)"
+            if result else "failed (see its output above)", "runs")
     return "\n".join(["| measure | measured | target |", "|---|---|---|", *rows])
 
 
-def benchmark_plan(data: str, cpu_smoke: bool = False) -> List[Tuple[str, List[str], float]]:
-    """(name, command, share of the time budget) of each benchmark; ``cpu_smoke``: tiny CPU settings."""
+CPU_ONLY_SKIP = "skipped on the CPU: the GPU run executes it"
+
+
+def benchmark_plan(data: str, cpu_smoke: bool = False,
+                   book_data: Optional[str] = None) -> List[Tuple[str, Optional[List[str]], float]]:
+    """(name, command, share of the time budget) of each benchmark; ``cpu_smoke``: tiny CPU settings.
+
+    A command of None is a benchmark skipped in this mode. The shares of all but the last add up to 0.8 of
+    the budget; train_step goes last and gets whatever time is left: its torch.compile variant takes longest.
+    """
     model = ["--arch", "resnet18", "--batch", "2", "--steps", "1", "--warmup", "1", "--global-size", "64",
              "--local-size", "32", "--local-crops", "2", "--out-dim", "256", "--device", "cpu"] if cpu_smoke else []
-    # train_step goes last and gets whatever time is left: its torch.compile variant takes the longest
-    return [("end_to_end", ["benchmarks/end_to_end.py", "--data", data, *model,
-                            *(["--workers", "1"] if cpu_smoke else [])], 0.35),
-            ("knn", ["benchmarks/knn.py", *(["--scales", "2000x200"] if cpu_smoke else ["--device", "cuda"])], 0.15),
+    book = None if cpu_smoke else ["benchmarks/gpu_report.py", "--chapter-08", book_data or data]
+    return [("paths", ["benchmarks/paths_smoke.py", "--data", data,
+                       *(["--device", "cpu", "--batch", "2", "--steps", "3"] if cpu_smoke else ["--device", "cuda"])],
+             0.12),
+            ("end_to_end", ["benchmarks/end_to_end.py", "--data", data, *model,
+                            *(["--workers", "1"] if cpu_smoke else [])], 0.29),
+            ("knn", ["benchmarks/knn.py", *(["--scales", "2000x200"] if cpu_smoke else ["--device", "cuda"])], 0.12),
             ("augment", ["benchmarks/augment.py", "--data", data, "--rounds", "1" if cpu_smoke else "2",
-                         "--no-operations"], 0.15),
+                         "--no-operations"], 0.12),
+            ("chapter_08", book, 0.15),
             ("train_step", ["benchmarks/train_step.py", *(model or ["--batch", "64"]),
                             *(["--only", "reference"] if cpu_smoke else [])], 1.0)]
+
+
+def book_tree(images: Path, root: Path, classes: int = 10, train: int = 16, val: int = 4) -> Path:
+    """An ImageFolder tree ``root/{train,val}/class_NN/`` of links to JPEGs in ``images`` (chapter 08's smoke
+    run takes 16 training images per class); ``images`` itself when it already holds ``train/`` and ``val/``."""
+    if (images / "train").is_dir() and (images / "val").is_dir():
+        return images
+    files = sorted(p for p in images.iterdir() if p.suffix.lower() in (".jpg", ".jpeg"))
+    if len(files) < classes * (train + val):
+        raise ValueError(f"chapter 08's smoke run needs {classes * (train + val)} JPEGs in {images}, "
+                         f"found {len(files)}")
+    for c in range(classes):
+        for split, count, offset in (("train", train, 0), ("val", val, train)):
+            folder = root / split / f"class_{c:02d}"
+            folder.mkdir(parents=True, exist_ok=True)
+            start = c * (train + val) + offset
+            for path in files[start:start + count]:
+                (folder / path.name).symlink_to(path.resolve())
+    return root
+
+
+def chapter_08(images: str) -> int:
+    """Execute chapter 08 by papermill in smoke mode on ``images``; print its summary.txt as a table."""
+    with tempfile.TemporaryDirectory() as tmp:
+        root = book_tree(Path(images), Path(tmp) / "data")
+        command = [sys.executable, "-m", "papermill", "-k", "python3", "book/08_full_training.ipynb",
+                   str(Path(tmp) / "08_smoke.ipynb"), "-p", "smoke", "True", "-p", "data_path", str(root),
+                   "-p", "output_dir", str(Path(tmp) / "run")]
+        print(" ".join(command), flush=True)
+        done = subprocess.run(command, capture_output=True, text=True, cwd=HERE.parent,
+                              env={**os.environ, "TQDM_DISABLE": "1"})
+        summary_file = Path(tmp) / "run" / "summary.txt"
+        if done.returncode or not summary_file.is_file():
+            print(done.stdout[-2000:] + done.stderr[-4000:])
+            return done.returncode or 1
+        values = [line.split(" ", 1) for line in summary_file.read_text().splitlines() if " " in line]
+        print("\n| metric | value |\n|---|---:|\n" + "\n".join(f"| {k} | {v} |" for k, v in values))
+    return 0
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=None, help="folder of JPEGs (default: make --images synthetic ones)")
     parser.add_argument("--images", type=int, default=512, help="synthetic JPEGs to make (default 512)")
-    parser.add_argument("--budget", type=float, default=540, help="seconds for all benchmarks (default 540)")
+    parser.add_argument("--budget", type=float, default=520, help="seconds for all benchmarks (default 520)")
     parser.add_argument("--save", default=None, help="also write the report to this file")
     parser.add_argument("--cpu-smoke", action="store_true", help="tiny settings on the CPU, to check the script")
+    parser.add_argument("--book-data", default=None, help="ImageFolder root with train/ and val/ for chapter 08 "
+                                                          "(default: 10 classes of links to the JPEGs)")
+    parser.add_argument("--chapter-08", default=None, metavar="JPEGS", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.chapter_08:                          # the report's chapter 08 entry, run in a process of its own
+        sys.exit(chapter_08(args.chapter_08))
     import torch
     from common import machine
     if not torch.cuda.is_available() and not args.cpu_smoke:
@@ -145,9 +237,14 @@ def main(argv=None) -> None:
             synthetic_jpegs(Path(tmp), args.images)
             data = tmp
             print(f"made {args.images} synthetic JPEGs in {time.time() - start:.0f} s", flush=True)
-        plan = benchmark_plan(data, args.cpu_smoke)
+        plan = benchmark_plan(data, args.cpu_smoke, args.book_data)
         outputs = {}
         for name, command, share in plan:
+            if command is None:
+                outputs[name] = f"[{CPU_ONLY_SKIP}]"
+                print(f"\n===== {name}: {CPU_ONLY_SKIP}", flush=True)
+                log.append(f"\n===== {name}: {CPU_ONLY_SKIP}")
+                continue
             remaining = args.budget - (time.time() - start)
             if remaining < 20:
                 outputs[name] = f"[skipped: the budget of {args.budget:.0f} s was spent]"

@@ -3,6 +3,7 @@
 The GPU report cannot run without a GPU, so its summary is checked on the tables the same scripts print on the
 CPU: every headline number it quotes must come from them.
 """
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +13,7 @@ import pytest
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 
-from gpu_report import markdown_tables, number, summary  # noqa: E402
+from gpu_report import benchmark_plan, book_tree, markdown_tables, number, summary  # noqa: E402
 
 TINY = ["--device", "cpu", "--arch", "resnet18", "--batch", "4", "--steps", "1", "--warmup", "1", "--global-size", "64",
         "--local-size", "32", "--local-crops", "2", "--out-dim", "256", "--workers", "1", "--synthetic", "8"]
@@ -51,6 +52,16 @@ def test_gpu_report_runs_every_benchmark_and_its_summary_quotes_their_tables(tmp
         assert f"{number(rows[name]['JPEG to step, images/s']):,.0f}" in line
     saved = (tmp_path / "report.md").read_text()
     assert all(line in saved for line in lines) and "===== end_to_end" in saved
+    # the trainer's data paths ran first, each with finite losses, and the same views gave the same loss
+    paths = output[output.index("===== paths"):output.index("===== end_to_end")]
+    trained = {r["path"]: r for t in markdown_tables(paths) for r in t if "path" in r}
+    for name in ("pil", "fast"):
+        losses = [number(x) for x in trained[name]["first losses"].split(",")]
+        assert len(losses) == 3 and all(math.isfinite(x) for x in losses) and trained[name]["all finite"] == "yes"
+    checks = [r for t in markdown_tables(paths) for r in t if r.get("within") or r.get("result")]
+    assert checks and all(r.get("within", r.get("result")) == "yes" for r in checks)
+    assert "amp='auto' picks fp32 on cpu" in paths
+    assert "| chapter 08 by papermill, smoke mode | skipped on the CPU" in summary_part
 
 
 def test_markdown_tables_are_read_back_cell_by_cell():
@@ -134,3 +145,32 @@ def test_summary_says_which_knn_scale_ran_out_of_memory():
     assert "| k-NN 100,000 x 10,000 (s, peak extra MiB) | 0.50 s, 260 MiB |  |" in lines
     assert ("| k-NN 1,281,167 x 50,000 (s, peak extra MiB) | out of memory: bank 10,400 MiB + a failed allocation "
             "of 20,480 MiB | < 30 s |") in lines
+
+
+def test_gpu_plan_starts_with_the_data_paths_runs_chapter_08_and_leaves_the_step_the_rest(tmp_path):
+    plan = benchmark_plan("JPEGS")
+    assert [name for name, _, _ in plan] == ["paths", "end_to_end", "knn", "augment", "chapter_08", "train_step"]
+    assert sum(share for _, _, share in plan[:-1]) <= 0.85 and plan[-1][2] == 1.0
+    assert dict((n, c) for n, c, _ in plan)["chapter_08"][-2:] == ["--chapter-08", "JPEGS"]
+    assert dict((n, c) for n, c, _ in benchmark_plan("JPEGS", cpu_smoke=True))["chapter_08"] is None
+    images = tmp_path / "jpegs"
+    images.mkdir()
+    for i in range(200):
+        (images / f"{i:03d}.jpg").write_bytes(b"")
+    root = book_tree(images, tmp_path / "root")
+    for split, count in (("train", 16), ("val", 4)):
+        classes = sorted((root / split).iterdir())
+        assert len(classes) == 10 and all(len(list(c.iterdir())) == count for c in classes)
+    linked = [p.resolve() for p in root.glob("*/*/*.jpg")]
+    assert len(set(linked)) == 200                              # no image is in two classes or both splits
+
+
+def test_summary_quotes_chapter_08s_results_and_the_data_paths():
+    book = "| metric | value |\n|---|---:|\n| knn_top1 | 10.00 |\n| linear_top1 | 20.00 |\n\n[chapter_08: 41 s]"
+    paths = ("Precision: amp='auto' picks bf16 on cuda\n\n| path | first losses | all finite | seconds |\n"
+             "|---|---:|---:|---:|\n| device | 8.1000, 8.0500 | yes | 3.2 |\n")
+    lines = summary({"chapter_08": book, "paths": paths}).splitlines()
+    assert any(line.startswith("| chapter 08 by papermill, smoke mode | ran in 41 s; k-NN top-1 10.00%, linear "
+                               "top-1 20.00%") for line in lines)
+    assert "| autocast dtype of amp='auto' | bf16 |  |" in lines
+    assert "| data path device: first losses, all finite, s | 8.1000, 8.0500; finite: yes; 3.2 s | finite |" in lines
