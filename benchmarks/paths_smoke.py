@@ -13,6 +13,9 @@ anything: the same loss in every precision on the same views, and the on-device 
              GPU JPEG decoder writing on its own stream while the step's kernels still use the memory) shows
              here as views or losses that change from run to run.
 
+On the CPU (``--device cpu``) all three paths run on the CPU: the device path then decodes with torchvision
+on the host and renders the views in batches there, the same code as on a GPU but for the decoder.
+
 Tolerance of the precision check: the loss is a cross-entropy of order ln K between softmaxes of the
 outputs, computed in fp32 from the network's outputs, so it carries the relative rounding error of the
 forward pass. An autocast dtype with p significant bits rounds each operation to a relative 2^-p (bf16:
@@ -31,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import io
 import math
 import os
@@ -84,6 +88,7 @@ def make_config(args, root: Path, out: Path, augmentation: str, amp: str = "auto
 
 def build(config: TrainConfig) -> Trainer:
     """A Trainer whose cuDNN kernels are the deterministic ones, so that two runs can be compared bit for bit."""
+    gc.collect()                                       # the previous trainers' models and loader workers
     trainer = Trainer(config)
     if trainer.device.type == "cuda":
         torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = False, True
