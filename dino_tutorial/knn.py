@@ -38,17 +38,7 @@ def extract_features(model: nn.Module, loader: Iterable, device: torch.device | 
     return torch.cat(features), torch.cat(labels).long()
 
 
-@torch.no_grad()
-def knn_hits(train_features: torch.Tensor, train_labels: torch.Tensor, test_features: torch.Tensor,
-             test_labels: torch.Tensor, k: int = 20, T: float = 0.07, num_classes: Optional[int] = None,
-             max_chunk_elements: int = 2 ** 26) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Per test image, whether the weighted k-NN classifier is right: (top1 (M,) bool, top5 (M,) bool) on the CPU.
-
-    train_features (N, D), train_labels (N,), test_features (M, D), test_labels (M,). Any M >= 1 works and
-    k may exceed N (all training samples then vote). Test samples are processed in chunks so that the
-    (chunk, N) similarity matrix holds at most ``max_chunk_elements`` numbers: 1.28M x 50k fits on a GPU or CPU.
-    Top-5 counts a hit among the min(5, num_classes) best-voted classes that received at least one vote.
-    """
+def _check_inputs(train_features, train_labels, test_features, test_labels, k: int, T: float) -> None:
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     if T <= 0:
@@ -60,25 +50,67 @@ def knn_hits(train_features: torch.Tensor, train_labels: torch.Tensor, test_feat
         raise ValueError("features and labels must have the same number of rows")
     if len(train_features) == 0 or len(test_features) == 0:
         raise ValueError("k-NN needs at least one training and one test sample")
+
+
+@torch.no_grad()
+def nearest_neighbours(bank: torch.Tensor, queries: torch.Tensor, k: int,
+                       max_chunk_elements: int = 2 ** 26) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Cosine similarities (M, k') and bank rows (M, k') of each query's k' = min(k, N) nearest bank rows.
+
+    ``queries`` (M, D) must be L2-normalised; the bank (N, D) is normalised block by block as it is read, so
+    no normalised copy of the whole bank is made (at ImageNet scale the bank alone is about 10 GB).
+    """
+    k = min(k, len(bank))
+    rows = max(1, min(len(bank), max_chunk_elements // max(1, bank.shape[1])))    # bank rows per block
+    best_sim = best_idx = None
+    for start in range(0, len(bank), rows):
+        block = F.normalize(bank[start:start + rows].float(), dim=1)
+        similarity, index = (queries @ block.T).topk(min(k, len(block)), dim=1)
+        index += start
+        if best_sim is not None:                                 # merge with the best of the earlier blocks
+            similarity, index = torch.cat([best_sim, similarity], 1), torch.cat([best_idx, index], 1)
+            similarity, pick = similarity.topk(min(k, similarity.shape[1]), dim=1)
+            index = index.gather(1, pick)
+        best_sim, best_idx = similarity, index
+    return best_sim, best_idx
+
+
+def vote(similarity: torch.Tensor, neighbour_labels: torch.Tensor, labels: torch.Tensor, T: float,
+         num_classes: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Weighted vote of each query's neighbours: (top1 (M,) bool, top5 (M,) bool) hits against ``labels``."""
+    votes = torch.zeros(len(similarity), num_classes, device=similarity.device)
+    votes.scatter_add_(1, neighbour_labels, (similarity / T).exp())
+    best_votes, predictions = votes.topk(min(5, num_classes), dim=1)                  # (m, 5)
+    # a class counts only if it got a vote: zero-vote classes tie and their order would be arbitrary
+    hits = (predictions == labels[:, None]) & (best_votes > 0)
+    return hits[:, 0], hits.any(dim=1)
+
+
+@torch.no_grad()
+def knn_hits(train_features: torch.Tensor, train_labels: torch.Tensor, test_features: torch.Tensor,
+             test_labels: torch.Tensor, k: int = 20, T: float = 0.07, num_classes: Optional[int] = None,
+             max_chunk_elements: int = 2 ** 26) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Per test image, whether the weighted k-NN classifier is right: (top1 (M,) bool, top5 (M,) bool) on the CPU.
+
+    train_features (N, D), train_labels (N,), test_features (M, D), test_labels (M,). Any M >= 1 works and
+    k may exceed N (all training samples then vote). Test samples are processed in chunks so that the
+    (chunk, N) similarity matrix holds at most ``max_chunk_elements`` numbers: 1.28M x 50k fits on a GPU or CPU.
+    Top-5 counts a hit among the min(5, num_classes) best-voted classes that received at least one vote.
+    """
+    _check_inputs(train_features, train_labels, test_features, test_labels, k, T)
     device = train_features.device
-    train_features = F.normalize(train_features.float(), dim=1)
     train_labels = train_labels.to(device).long()
     test_labels = test_labels.to(device).long()
     if num_classes is None:
         num_classes = int(max(train_labels.max(), test_labels.max())) + 1
-    k = min(k, len(train_features))
     chunk = max(1, min(len(test_features), max_chunk_elements // len(train_features)))
     top1, top5 = [], []
     for start in range(0, len(test_features), chunk):
         queries = F.normalize(test_features[start:start + chunk].to(device).float(), dim=1)
-        similarity, index = (queries @ train_features.T).topk(k, dim=1)                 # (m, k)
-        votes = torch.zeros(len(queries), num_classes, device=device)
-        votes.scatter_add_(1, train_labels[index], (similarity / T).exp())
-        best_votes, predictions = votes.topk(min(5, num_classes), dim=1)               # (m, 5)
-        # a class counts only if it got a vote: zero-vote classes tie and their order would be arbitrary
-        hits = (predictions == test_labels[start:start + chunk, None]) & (best_votes > 0)
-        top1.append(hits[:, 0].cpu())
-        top5.append(hits.any(dim=1).cpu())
+        similarity, index = nearest_neighbours(train_features, queries, k, max_chunk_elements)
+        hit1, hit5 = vote(similarity, train_labels[index], test_labels[start:start + chunk], T, num_classes)
+        top1.append(hit1.cpu())
+        top5.append(hit5.cpu())
     return torch.cat(top1), torch.cat(top5)
 
 

@@ -21,8 +21,6 @@ import json
 import math
 import os
 import random
-import signal
-import threading
 import time
 import warnings
 from dataclasses import asdict
@@ -39,12 +37,17 @@ from tqdm.auto import tqdm
 from . import checkpoint as ckpt
 from .config import PRESETS, TrainConfig  # noqa: F401  (re-exported: dino_tutorial.train.TrainConfig)
 from .augment import MultiCropAugmentation, eval_transform
+from .engine.compilation import compile_decision
+from .engine.control import StopRequest, wait_for_checkpoint
+from .engine.distributed import gather_rows, setup_distributed, sharded_knn_hits
+from .engine.lookahead import Lookahead
 from .engine.precision import (amp_dtype, check_cpu_bf16_convolutions, load_scaler_state,
                                use_deterministic_kernels)
 from .device_augment import DeviceMultiCropAugmentation, EncodedBatch, collate_encoded
 from .fast_augment import FastMultiCropAugmentation, normalize_uint8
-from .data import BadImageError, ResumableSampler, TrainingViews, collate_views, imagenet
-from .knn import extract_features, knn_classify
+from .data import (BadImageError, ImageFolderDataset, ResumableSampler, TrainingViews, collate_views,
+                   imagenet)
+from .knn import extract_features
 from .loss import DINOLoss, collapse_tensors, diagnose_collapse
 from .model import DINOHead, MultiCropWrapper, build_backbone
 from .optim import build_optimizer, cancel_last_layer_gradients, clip_gradients
@@ -63,19 +66,6 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def setup_distributed(config: TrainConfig) -> Tuple[int, int, torch.device]:
-    """(rank, world_size, device). Under torchrun (WORLD_SIZE > 1) joins the process group: NCCL on CUDA, gloo on CPU."""
-    use_cuda = config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available())
-    world_size = int(os.environ.get("WORLD_SIZE", 1))
-    rank, local_rank = int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0))
-    device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
-    if use_cuda:
-        torch.cuda.set_device(device)
-    if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo")
-    return rank, world_size, device
-
-
 def _loader(dataset, batch_size: int, config: TrainConfig, device: torch.device, sampler=None,
             drop_last: bool = False, collate_fn=None) -> DataLoader:
     workers = min(config.num_workers, os.cpu_count() or 1)
@@ -83,70 +73,30 @@ def _loader(dataset, batch_size: int, config: TrainConfig, device: torch.device,
                       pin_memory=device.type == "cuda", drop_last=drop_last, collate_fn=collate_fn)
 
 
-class StopRequest:
-    """Turns SIGTERM / SIGINT into a flag the loop checks after each iteration (then it checkpoints and exits)."""
-
-    def __init__(self):
-        self.signal: Optional[int] = None
-        self._previous: Dict[int, object] = {}
-
-    def __enter__(self) -> "StopRequest":
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        if self.signal is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt                       # a second Ctrl-C stops at once
-        self.signal = signum
-
-    def agreed(self, world_size: int, device: torch.device) -> bool:
-        """True on every process as soon as any process got a signal."""
-        if world_size == 1:
-            return self.signal is not None
-        flag = torch.tensor([float(self.signal is not None)], device=device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item())
-
-    def __exit__(self, *exc) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-
 @torch.no_grad()
 def embed_split(backbone: nn.Module, config: TrainConfig, split: str, device: torch.device, rank: int = 0,
-                world_size: int = 1) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Frozen features (N, D) and labels (N,) of a split, centre crops at ``knn_image_size``, on every process."""
+                world_size: int = 1) -> Tuple[torch.Tensor, torch.Tensor, ImageFolderDataset]:
+    """This process's share of a split's frozen features (N_r, D) and labels (N_r,), on ``device``, and the
+    split: centre crops at ``knn_image_size``; process r embeds images r, r + world_size, ..."""
     dataset = imagenet(config.data_path, split, eval_transform(config.knn_image_size),
                        per_class=config.knn_per_class or None)
     shard = Subset(dataset, range(rank, len(dataset), world_size))          # every process embeds 1/world
     loader = _loader(shard, 2 * config.batch_size_per_gpu, config, device)
     features, labels = extract_features(backbone, loader, device)
-    return _gather_shards(features, labels, len(dataset), world_size, device)
+    return features.to(device), labels.to(device), dataset
 
 
 def knn_evaluate(backbone: nn.Module, config: TrainConfig, device: torch.device, rank: int = 0,
                  world_size: int = 1) -> Tuple[float, float]:
-    """k-NN top-1/top-5 (percent) of ``backbone`` features, train split as the bank, val split as queries."""
-    train_f, train_l = embed_split(backbone, config, "train", device, rank, world_size)
-    val_f, val_l = embed_split(backbone, config, "val", device, rank, world_size)
-    return knn_classify(train_f.to(device), train_l, val_f.to(device), val_l, k=config.knn_k,
-                        T=config.knn_temperature)
+    """k-NN top-1/top-5 (percent) of ``backbone`` features, train split as the bank, val split as queries.
 
-
-def _gather_shards(features, labels, total: int, world_size: int, device) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Undo the ``rank::world_size`` sharding: every process gets all rows in dataset order."""
-    if world_size == 1:
-        return features, labels
-    rows = math.ceil(total / world_size)
-    padded = torch.zeros(rows, features.shape[1] + 1, device=device)
-    padded[:len(features), :-1] = features.to(device)
-    padded[:len(features), -1] = labels.to(device).float()
-    gathered = [torch.empty_like(padded) for _ in range(world_size)]
-    dist.all_gather(gathered, padded)
-    interleaved = torch.stack(gathered, dim=1).reshape(rows * world_size, -1)[:total].cpu()
-    return interleaved[:, :-1], interleaved[:, -1].long()
+    The bank stays split over the processes (each keeps the rows it embedded); the queries are gathered."""
+    bank, bank_labels, train_split = embed_split(backbone, config, "train", device, rank, world_size)
+    queries, query_labels, val_split = embed_split(backbone, config, "val", device, rank, world_size)
+    queries, query_labels = gather_rows(queries, query_labels, len(val_split), world_size, device)
+    top1, top5 = sharded_knn_hits(bank, bank_labels, queries, query_labels, config.knn_k, config.knn_temperature,
+                                  len(train_split.classes), world_size)
+    return 100.0 * int(top1.sum()) / len(top1), 100.0 * int(top5.sum()) / len(top5)
 
 
 def _check_crop_sizes(images, global_size: int, samples: int = 16) -> None:
@@ -168,40 +118,13 @@ def _check_crop_sizes(images, global_size: int, samples: int = 16) -> None:
                          f"{median} px over {len(sides)} sampled; lower --global-size")
 
 
-class Lookahead:
-    """Iterates over a loader's (crops, labels, skipped) batches, turning encoded batches into views on the
-    device with ``make_views``; ``prefetch()`` prepares the next batch early (the trainer calls it while a
-    step is still running on the GPU). The batches and their order are those of the loader either way."""
-
-    def __init__(self, loader, make_views: Callable):
-        self.source, self.make_views, self.ready = iter(loader), make_views, None
-
-    def prefetch(self) -> None:
-        if self.ready is None:
-            batch = next(self.source, None)
-            if batch is not None and isinstance(batch[0], EncodedBatch):
-                views, skipped = self.make_views(batch[0], batch[2])
-                batch = (views, batch[1], skipped)
-            self.ready = batch if batch is not None else StopIteration
-
-    def __iter__(self) -> "Lookahead":
-        return self
-
-    def __next__(self):
-        self.prefetch()
-        batch, self.ready = self.ready, None
-        if batch is StopIteration:
-            raise StopIteration
-        return batch
-
-
 class Trainer:
     """Builds everything a run needs from a config, then trains epoch by epoch (see the module docstring)."""
 
     def __init__(self, config: TrainConfig):
         config.validate()
         self.config = config
-        self.rank, self.world_size, self.device = setup_distributed(config)
+        self.rank, self.world_size, self.device = setup_distributed(config.device)
         self.is_main = self.rank == 0
         self.show_progress = self.is_main and config.progress and not os.environ.get("TQDM_DISABLE")
         self.output_dir = Path(config.output_dir)
@@ -248,8 +171,11 @@ class Trainer:
         ddp = nn.parallel.DistributedDataParallel(
             self.student, device_ids=[device.index] if device.type == "cuda" else None) if self.world_size > 1 \
             else self.student
-        self.student_fn = torch.compile(ddp) if c.compile else ddp
-        self.teacher_fn = torch.compile(self.teacher) if c.compile else self.teacher
+        compiled, why_not = compile_decision(c.compile, self.student)
+        if why_not and self.is_main:
+            warnings.warn(why_not, RuntimeWarning, stacklevel=2)
+        self.student_fn = torch.compile(ddp) if compiled else ddp
+        self.teacher_fn = torch.compile(self.teacher) if compiled else self.teacher
         self.dino_loss = DINOLoss(c.out_dim, 2 + c.local_crops_number, c.warmup_teacher_temp, c.teacher_temp,
                                   c.warmup_teacher_temp_epochs, c.epochs, c.student_temp, c.center_momentum).to(device)
         self.optimizer = build_optimizer(c.optimizer, self.student)
@@ -350,8 +276,17 @@ class Trainer:
         for i, (crops, _, skipped) in enumerate(batches, start=start_iter):
             if i >= self.niter:
                 break
+            halt, skip = stop.agree(crops is not None, self.world_size, device)
+            if halt:
+                self.save_checkpoint(epoch, i, sums)
+                if self.is_main:
+                    print(f"stopped by signal {stop.signal} at epoch {epoch + 1}, iteration {i}: checkpoint "
+                          f"saved; run the same command again to resume")
+                bar.close()
+                wait_for_checkpoint(self.world_size)
+                return None
             sums["skipped_images"] = sums.get("skipped_images", 0) + skipped
-            if crops is not None:
+            if not skip:
                 # augmentation="device": the next batch's views are launched on the device before this step's
                 # loss is waited for, so that making them overlaps the step instead of following it
                 ahead = batches.prefetch if c.augmentation == "device" and i + 1 < self.niter else None
@@ -360,13 +295,6 @@ class Trainer:
                     sums[key] = sums.get(key, 0.0) + value
                 bar.set_postfix(loss=f"{loss:.3f}", H_t=f"{stats['teacher_entropy']:.2f}")
             bar.update()
-            if stop.agreed(self.world_size, device):
-                self.save_checkpoint(epoch, i + 1, sums)
-                if self.is_main:
-                    print(f"stopped by signal {stop.signal} at epoch {epoch + 1}, iteration {i + 1}: checkpoint "
-                          f"saved; run the same command again to resume")
-                bar.close()
-                return None
             if c.save_every_iters and (i + 1) % c.save_every_iters == 0 and i + 1 < self.niter:
                 self.save_checkpoint(epoch, i + 1, sums)
         bar.close()

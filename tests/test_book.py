@@ -145,17 +145,6 @@ def test_every_notebook_is_in_the_toc():
 
 
 @pytest.mark.parametrize("chapter", CHAPTERS, ids=_ids(CHAPTERS))
-def test_chapter_has_at_least_two_exercise_stubs(chapter):
-    nb = nbformat.read(chapter, as_version=4)
-    stubs = [cell for cell in nb.cells if "raises-exception" in _tags(cell)]
-    assert len(stubs) >= 2, f"{chapter.name}: {len(stubs)} cells tagged `raises-exception`, expected >= 2 exercises"
-    for cell in stubs:
-        assert "NotImplementedError" in cell.source and "..." in cell.source, (
-            f"{chapter.name}: exercise stub {cell.source.splitlines()[0]!r} should have `...` blanks and "
-            f"raise NotImplementedError")
-
-
-@pytest.mark.parametrize("chapter", CHAPTERS, ids=_ids(CHAPTERS))
 def test_chapter_has_no_papermill_parameters(chapter):
     nb = nbformat.read(chapter, as_version=4)
     tagged = [i for i, cell in enumerate(nb.cells) if "parameters" in _tags(cell)]

@@ -73,3 +73,18 @@ def test_extract_features_keeps_order_and_restores_train_mode():
     features, labels = extract_features(model, data, "cpu")
     assert features.shape == (9, 2) and labels.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
     assert model.training
+
+
+def test_the_bank_read_in_blocks_gives_the_same_neighbours_as_the_whole_bank():
+    """The bank is normalised block by block (no normalised copy of a 10 GB bank); the k nearest rows and their
+    similarities must be those of a brute-force cosine top-k over the whole bank."""
+    from dino_tutorial.knn import nearest_neighbours
+    generator = torch.Generator().manual_seed(3)
+    bank, queries = torch.randn(101, 8, generator=generator) * 5, torch.randn(13, 8, generator=generator)
+    queries = torch.nn.functional.normalize(queries, dim=1)
+    cosine = queries @ torch.nn.functional.normalize(bank, dim=1).T
+    expected_sim, expected_idx = cosine.topk(10, dim=1)
+    for elements in (8, 80, 2 ** 20):                       # blocks of 1 row, of 10 rows, one block
+        similarity, index = nearest_neighbours(bank, queries, 10, max_chunk_elements=elements)
+        torch.testing.assert_close(similarity, expected_sim)
+        assert torch.equal(index, expected_idx)
