@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import io
+import math
 import os
 import warnings
 from typing import List, NamedTuple, Optional, Sequence, Tuple
@@ -185,7 +186,24 @@ def crop_resize(image: torch.Tensor, row: Sequence[float], size: int) -> torch.T
     if not resizes_in_float(image.device):
         return F.interpolate(crop, size=(size, size), mode="bicubic", antialias=True, align_corners=False)[0].float()
     # CUDA resizes in float: the caller rounds and clamps the whole batch at once (two kernels, not two per crop)
-    return F.interpolate(crop.float(), size=(size, size), mode="bicubic", antialias=True, align_corners=False)[0]
+    crop = crop.float()
+    for step in resize_stages(height, width, size):
+        crop = F.interpolate(crop, size=step, mode="bicubic", antialias=True, align_corners=False)
+    return crop[0]
+
+
+# CUDA's antialiased bicubic kernel raises beyond about a 47x downscale (its filter support outgrows a fixed
+# buffer); a 64 px global crop of a 4,000 px photo is a 60x one. Larger reductions go in steps of at most 32x.
+MAX_DOWNSCALE_STEP = 32
+
+
+def resize_stages(height: int, width: int, size: int, limit: int = MAX_DOWNSCALE_STEP) -> List[Tuple[int, int]]:
+    """The (h, w) of each resize from height x width down to size x size, none reducing a side more than ``limit``x."""
+    stages = []
+    while max(height, width) > limit * size:
+        height, width = max(size, math.ceil(height / limit)), max(size, math.ceil(width / limit))
+        stages.append((height, width))
+    return stages + [(size, size)]
 
 
 @functools.lru_cache(maxsize=8)

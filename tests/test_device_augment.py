@@ -261,3 +261,36 @@ def test_gpu_decoding_runs_on_its_own_stream_and_the_training_stream_waits_for_i
     assert len(images) == 2
     assert events == [("decode on", "decode"), ("wait", "training", "decode"), ("record", "training"),
                       ("record", "training")]
+
+
+def test_large_reductions_are_resized_in_steps_of_at_most_32x():
+    from dino_tutorial.device_augment import resize_stages
+    assert resize_stages(500, 400, 224) == [(224, 224)]
+    assert resize_stages(3000, 2000, 64) == [(94, 64), (64, 64)]          # 47x would fail on CUDA: two steps
+    assert resize_stages(100000, 50, 32) == [(3125, 32), (98, 32), (32, 32)]
+    for h, w, size in [(4000, 3000, 32), (2049, 33, 64), (5000, 5000, 96)]:
+        stages = resize_stages(h, w, size)
+        previous = (h, w)
+        for step in stages:
+            assert max(previous[0] / step[0], previous[1] / step[1]) <= 32
+            previous = step
+        assert stages[-1] == (size, size)
+
+
+def test_the_stepwise_float_resize_matches_the_one_step_resize(monkeypatch):
+    """What CUDA computes for a 62x reduction (in float, in two steps) against the CPU's one-step uint8 kernel."""
+    from dino_tutorial import device_augment
+    generator = torch.Generator().manual_seed(0)
+    smooth = torch.nn.functional.interpolate(torch.rand(1, 3, 40, 30, generator=generator) * 255, size=(2000, 1500),
+                                             mode="bilinear", align_corners=False)
+    image = smooth.round().clamp(0, 255).to(torch.uint8)[0]
+    row = [0.0] * 17
+    row[device_augment.TOP:device_augment.WIDTH + 1] = [0, 0, 2000, 1500]
+    one_step = device_augment.crop_resize(image, row, 32)
+    monkeypatch.setattr(device_augment, "resizes_in_float", lambda device: True)
+    stepwise = device_augment.crop_resize(image, row, 32)
+    assert stepwise.shape == one_step.shape == (3, 32, 32)
+    # two filters in a row are a slightly wider filter than one: with detail near the output's Nyquist frequency
+    # (this image) they differ by about one grey level on average; a wrong stage (a crop, a transposed size)
+    # differs by tens
+    assert (stepwise - one_step).abs().mean() < 2.0
