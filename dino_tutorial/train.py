@@ -41,8 +41,8 @@ from .engine.compilation import compile_decision
 from .engine.control import StopRequest, wait_for_checkpoint
 from .engine.distributed import gather_rows, setup_distributed, sharded_knn_hits
 from .engine.lookahead import Lookahead
-from .engine.precision import (amp_dtype, check_cpu_bf16_convolutions, load_scaler_state,
-                               use_deterministic_kernels)
+from .engine.precision import (amp_dtype, check_cpu_bf16_convolutions, deterministic_pooling,
+                               load_scaler_state, use_deterministic_kernels)
 from .device_augment import DeviceMultiCropAugmentation, EncodedBatch, collate_encoded
 from .fast_augment import FastMultiCropAugmentation, normalize_uint8
 from .data import (BadImageError, ImageFolderDataset, ResumableSampler, TrainingViews, collate_views,
@@ -162,6 +162,8 @@ class Trainer:
         head = DINOHead(feature_dim, c.out_dim, use_bn=c.use_bn_in_head, norm_last_layer=c.norm_last_layer,
                         hidden_dim=c.head_hidden_dim, bottleneck_dim=c.head_bottleneck_dim)
         student = MultiCropWrapper(backbone, head)
+        if c.deterministic and device.type == "cuda":
+            deterministic_pooling(student)          # the same numbers; a backward CUDA can make repeatable
         if self.world_size > 1 and device.type == "cuda":
             student = nn.SyncBatchNorm.convert_sync_batchnorm(student)
         self.memory_format = (torch.channels_last if c.channels_last and device.type == "cuda"

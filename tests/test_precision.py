@@ -45,3 +45,26 @@ def test_a_run_in_fp32_resumes_in_fp16(tiny_folder, tmp_path):
     metrics = train(tiny_config(tiny_folder, tmp_path / "run", amp="fp16", **config))
     assert metrics["epoch"] == 2
     assert ckpt.load(tmp_path / "run" / "checkpoint.pth")["scaler"]["scale"] > 0
+
+
+def test_deterministic_pooling_swaps_the_resnet_pool_for_a_mean_with_the_same_numbers_and_gradients():
+    """CUDA has no deterministic backward for adaptive average pooling; the mean it is replaced by must give
+    the same features and the same input gradients (checked on the CPU)."""
+    import copy
+    from dino_tutorial.engine.precision import GlobalMeanPool, deterministic_pooling
+    from dino_tutorial.model import build_backbone
+    torch.manual_seed(0)
+    original, _ = build_backbone("resnet18_w16", small_images=True)
+    swapped = copy.deepcopy(original)
+    assert deterministic_pooling(swapped) == 1
+    assert not any(isinstance(m, torch.nn.AdaptiveAvgPool2d) for m in swapped.modules())
+    assert any(isinstance(m, GlobalMeanPool) for m in swapped.modules())
+    x = torch.randn(3, 3, 32, 32, requires_grad=True)
+    y = torch.randn(3, 3, 32, 32, requires_grad=True)
+    with torch.no_grad():
+        y.copy_(x)
+    a, b = original.eval()(x), swapped.eval()(y)
+    torch.testing.assert_close(a, b)
+    a.square().sum().backward()
+    b.square().sum().backward()
+    torch.testing.assert_close(x.grad, y.grad)

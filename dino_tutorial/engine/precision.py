@@ -48,6 +48,24 @@ def use_deterministic_kernels(deterministic: bool, device: torch.device) -> None
         torch.backends.cudnn.benchmark = True
 
 
+class GlobalMeanPool(nn.Module):
+    """``nn.AdaptiveAvgPool2d(1)`` as a plain mean over height and width: the same numbers, and a backward
+    pass that CUDA computes deterministically (its adaptive-pooling backward has no deterministic kernel, so
+    ``torch.use_deterministic_algorithms(True)`` raises at the first ResNet backward)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=(-2, -1), keepdim=True)
+
+
+def deterministic_pooling(model: nn.Module) -> int:
+    """Replace every ``AdaptiveAvgPool2d`` to 1 x 1 in ``model`` by ``GlobalMeanPool``; returns how many."""
+    swaps = [(parent, name) for parent in model.modules() for name, child in parent.named_children()
+             if isinstance(child, nn.AdaptiveAvgPool2d) and child.output_size in (1, (1, 1))]
+    for parent, name in swaps:
+        setattr(parent, name, GlobalMeanPool())
+    return len(swaps)
+
+
 def load_scaler_state(scaler: torch.amp.GradScaler, state: dict) -> None:
     """Restore a GradScaler from a checkpoint that may come from a run in another precision.
 
