@@ -11,7 +11,7 @@ def test_imagenette_preset_is_the_small_recipe_with_the_fast_path_and_its_own_le
     small, reference = asdict(TrainConfig.from_preset("small")), asdict(TrainConfig.from_preset("imagenette"))
     changed = {name for name in small if small[name] != reference[name]}
     assert changed == {"augmentation", "epochs", "knn_every", "knn_student"}
-    assert (reference["augmentation"], reference["epochs"], reference["knn_student"]) == ("fast", 24, True)
+    assert (reference["augmentation"], reference["epochs"], reference["knn_student"]) == ("fast", 64, True)
 
 
 def test_momentum_teacher_end_defaults_to_the_authors_one():
