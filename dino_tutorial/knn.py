@@ -57,16 +57,21 @@ def nearest_neighbours(bank: torch.Tensor, queries: torch.Tensor, k: int,
                        max_chunk_elements: int = 2 ** 26) -> Tuple[torch.Tensor, torch.Tensor]:
     """Cosine similarities (M, k') and bank rows (M, k') of each query's k' = min(k, N) nearest bank rows.
 
-    ``queries`` (M, D) must be L2-normalised; the bank (N, D) is normalised block by block as it is read, so
-    no normalised copy of the whole bank is made (at ImageNet scale the bank alone is about 10 GB).
+    ``queries`` (M, D) must be L2-normalised. The bank (N, D) is read once, in blocks that are normalised as
+    they are read (no normalised copy of the whole bank: at ImageNet scale the bank alone is about 10 GB);
+    each block is scored against the queries in chunks, so no array holds more than ``max_chunk_elements``
+    numbers, and the best k of every block are merged into the running best k of each query.
     """
     k = min(k, len(bank))
     rows = max(1, min(len(bank), max_chunk_elements // max(1, bank.shape[1])))    # bank rows per block
     best_sim = best_idx = None
     for start in range(0, len(bank), rows):
         block = F.normalize(bank[start:start + rows].float(), dim=1)
-        similarity, index = (queries @ block.T).topk(min(k, len(block)), dim=1)
-        index += start
+        chunk = max(1, max_chunk_elements // len(block))
+        parts = [(queries[q:q + chunk] @ block.T).topk(min(k, len(block)), dim=1)
+                 for q in range(0, len(queries), chunk)]
+        similarity = torch.cat([part[0] for part in parts])
+        index = torch.cat([part[1] for part in parts]) + start
         if best_sim is not None:                                 # merge with the best of the earlier blocks
             similarity, index = torch.cat([best_sim, similarity], 1), torch.cat([best_idx, index], 1)
             similarity, pick = similarity.topk(min(k, similarity.shape[1]), dim=1)
@@ -103,12 +108,15 @@ def knn_hits(train_features: torch.Tensor, train_labels: torch.Tensor, test_feat
     test_labels = test_labels.to(device).long()
     if num_classes is None:
         num_classes = int(max(train_labels.max(), test_labels.max())) + 1
+    # the queries in chunks of (chunk, N) numbers: normalised, scored block by block, then voted
     chunk = max(1, min(len(test_features), max_chunk_elements // len(train_features)))
+    queries = torch.cat([F.normalize(test_features[q:q + chunk].to(device).float(), dim=1)
+                         for q in range(0, len(test_features), chunk)])
+    similarity, index = nearest_neighbours(train_features, queries, k, max_chunk_elements)
     top1, top5 = [], []
-    for start in range(0, len(test_features), chunk):
-        queries = F.normalize(test_features[start:start + chunk].to(device).float(), dim=1)
-        similarity, index = nearest_neighbours(train_features, queries, k, max_chunk_elements)
-        hit1, hit5 = vote(similarity, train_labels[index], test_labels[start:start + chunk], T, num_classes)
+    for start in range(0, len(queries), chunk):
+        hit1, hit5 = vote(similarity[start:start + chunk], train_labels[index[start:start + chunk]],
+                          test_labels[start:start + chunk], T, num_classes)
         top1.append(hit1.cpu())
         top5.append(hit5.cpu())
     return torch.cat(top1), torch.cat(top5)

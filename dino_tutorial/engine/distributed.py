@@ -63,24 +63,20 @@ def sharded_knn_hits(bank: torch.Tensor, bank_labels: torch.Tensor, queries: tor
         _check_inputs(bank, bank_labels, queries, query_labels, k, T)
     device = queries.device
     bank_labels, query_labels = bank_labels.to(device).long(), query_labels.to(device).long()
-    rows = len(bank)
-    if world_size > 1:                      # every process must walk the queries in the same chunks
-        largest = torch.tensor([float(rows)], device=device)
-        dist.all_reduce(largest, op=dist.ReduceOp.MAX)
-        rows = int(largest.item())
-    chunk = max(1, min(len(queries), max_chunk_elements // max(1, rows)))
+    queries = F.normalize(queries.float(), dim=1)
+    if len(bank):
+        similarity, index = nearest_neighbours(bank, queries, k, max_chunk_elements)
+        labels = bank_labels[index]
+    else:                                                    # a process with no bank rows offers no candidates
+        similarity = queries.new_empty(len(queries), 0)
+        labels = torch.empty(len(queries), 0, dtype=torch.long, device=device)
+    if world_size > 1:                                       # (M, k) candidates from each process: small
+        similarity, labels = _best_over_processes(similarity, labels, k, world_size)
     top1, top5 = [], []
-    for start in range(0, len(queries), chunk):
-        q = F.normalize(queries[start:start + chunk].float(), dim=1)
-        if len(bank):
-            similarity, index = nearest_neighbours(bank, q, k, max_chunk_elements)
-            labels = bank_labels[index]
-        else:                                                # a process with no bank rows offers no candidates
-            similarity = q.new_empty(len(q), 0)
-            labels = torch.empty(len(q), 0, dtype=torch.long, device=device)
-        if world_size > 1:
-            similarity, labels = _best_over_processes(similarity, labels, k, world_size)
-        hit1, hit5 = vote(similarity, labels, query_labels[start:start + chunk], T, num_classes)
+    chunk = max(1, max_chunk_elements // max(1, num_classes))
+    for start in range(0, len(queries), chunk):              # votes: (chunk, classes) at a time
+        hit1, hit5 = vote(similarity[start:start + chunk], labels[start:start + chunk],
+                          query_labels[start:start + chunk], T, num_classes)
         top1.append(hit1.cpu())
         top5.append(hit5.cpu())
     return torch.cat(top1), torch.cat(top5)
