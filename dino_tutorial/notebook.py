@@ -6,12 +6,16 @@ its own imports; the rest of the setup is here, once:
     from dino_tutorial.notebook import glue, setup
     DEVICE = setup(seed=0)
 
+``course_file("results/imagenette_log.jsonl")`` finds a committed result or backbone of the course beside the
+chapter, or, in a chapter opened alone (Colab), downloads it from the course's repository.
+
 ``glue`` records a value under a name so that the rendered book can quote it in the text (MyST-NB's
 ``{glue:text}`` role); outside the book's toolchain (in Colab, say) it does nothing.
 """
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import torch
 
@@ -43,3 +47,31 @@ def setup(seed: int = 0, font_size: float = 10, label_size: float = 10,
     if one_thread_on_small_cpu and device.type == "cpu" and (os.cpu_count() or 1) <= 2:
         torch.set_num_threads(1)
     return device
+
+
+REPOSITORY_FILES = "https://raw.githubusercontent.com/dino-tutorial/dino-tutorial/main/book/"
+
+
+def course_file(relative: str, base: str | os.PathLike = ".", url: str = REPOSITORY_FILES,
+                timeout: float = 30.0) -> Path:
+    """``base/relative`` (a file of ``book/``, e.g. ``results/baselines.json``); when it is missing, as in a
+    chapter opened alone in Colab, it is downloaded there from the repository first. Offline, one line says
+    so and the missing path is returned: the chapter's own "not in this copy" branch takes over."""
+    import urllib.request
+
+    path = Path(base) / relative
+    if path.is_file():
+        return path
+    try:
+        with urllib.request.urlopen(url + relative, timeout=timeout) as response:
+            data = response.read()
+    except (OSError, ValueError) as err:                      # URLError and socket timeouts are OSErrors
+        print(f"{relative} is not beside this chapter and could not be downloaded from {url + relative} "
+              f"({getattr(err, 'reason', err)})")
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".part")
+    partial.write_bytes(data)
+    partial.replace(path)                                     # never a half-written file under the real name
+    print(f"downloaded {relative} ({len(data):,} bytes) from the course's repository")
+    return path

@@ -31,3 +31,38 @@ def test_glue_forwards_to_myst_nb_and_does_nothing_without_it(monkeypatch):
     assert calls == [("a_number", "1.5", False)]
     monkeypatch.setitem(sys.modules, "myst_nb", None)        # as in Colab: importing it fails
     assert glue("a_number", "1.5") is None
+
+
+def test_course_file_prefers_the_local_copy_and_downloads_a_missing_one_whole(tmp_path, monkeypatch, capsys):
+    import io
+    import urllib.request
+    from dino_tutorial.notebook import course_file
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "here.txt").write_text("local")
+    asked = []
+
+    def fake_urlopen(address, timeout):
+        asked.append(address)
+        return io.BytesIO(b"remote bytes")
+
+    monkeypatch.setattr(urllib.request, "urlopen", fake_urlopen)
+    assert course_file("results/here.txt", tmp_path).read_text() == "local" and not asked
+    got = course_file("assets/new.pth", tmp_path, url="https://example.invalid/book/")
+    assert asked == ["https://example.invalid/book/assets/new.pth"]
+    assert got.read_bytes() == b"remote bytes" and not list(tmp_path.rglob("*.part"))
+    assert "downloaded assets/new.pth (12 bytes)" in capsys.readouterr().out
+
+
+def test_course_file_offline_says_so_in_one_line_and_returns_the_missing_path(tmp_path, monkeypatch, capsys):
+    import urllib.error
+    import urllib.request
+    from dino_tutorial.notebook import course_file
+
+    def offline(address, timeout):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    got = course_file("results/missing.json", tmp_path)
+    assert not got.exists() and got == tmp_path / "results" / "missing.json"
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1 and "could not be downloaded" in out[0] and "no network" in out[0]
