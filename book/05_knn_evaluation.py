@@ -65,7 +65,7 @@ from dino_tutorial.baselines import bootstrap_interval, pixel_knn, random_init_k
 from dino_tutorial.data import IMAGENETTE_CLASSES, imagenette, imagenette_root, resolve_data_root
 from dino_tutorial.knn import extract_features, knn_classify, knn_hits, nearest_neighbours
 from dino_tutorial.model import build_backbone
-from dino_tutorial.notebook import glue, setup
+from dino_tutorial.notebook import course_file, glue, setup
 from dino_tutorial.train import TrainConfig, set_seed, train
 
 DEVICE = setup(seed=0, one_thread_on_small_cpu=True)
@@ -96,7 +96,7 @@ def check_exercise(number: int, check, *answer) -> None:
 # it always runs offline.
 
 # %%
-COMMITTED = Path("assets/imagenette_teacher_backbone.pth")
+COMMITTED = course_file("assets/imagenette_teacher_backbone.pth")  # downloaded when opened alone
 CHECKPOINT = os.environ.get("DINO_CHECKPOINT", str(COMMITTED) if COMMITTED.exists() else "")
 # k-NN resolution for exported backbone files that do not record one (small preset)
 DEFAULT_IMAGE_SIZE = 96
@@ -546,7 +546,8 @@ def check_retrieve(retrieve_fn):
         one_nn = 100 * (bank_labels[index[:, 0]] == query_labels).float().mean().item()
         expected, _ = (knn_classify(bank, bank_labels, queries, query_labels, k=1,
                                     num_classes=len(CLASS_NAMES)))
-        assert abs(one_nn - expected) < 1e-6, (f"{name}: 1-NN accuracy {one_nn:.2f}% against "
+        # one query is 0.1 points; float32 rounding of the mean is far smaller
+        assert abs(one_nn - expected) < 1e-3, (f"{name}: 1-NN accuracy {one_nn:.2f}% against "
                                                f"{expected:.2f}%")
     print("Correct: your retrieval finds the nearest neighbours that "
           "dino_tutorial.knn.knn_classify votes with")

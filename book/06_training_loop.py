@@ -67,7 +67,7 @@ from dino_tutorial.model import DINOHead, MultiCropWrapper, build_backbone
 from dino_tutorial.optim import cancel_last_layer_gradients, clip_gradients
 from dino_tutorial.schedules import cosine_schedule
 from dino_tutorial.teacher import ema_update, make_teacher
-from dino_tutorial.notebook import glue, setup
+from dino_tutorial.notebook import course_file, glue, setup
 from dino_tutorial.train import TrainConfig, Trainer, set_seed, train
 
 DEVICE = setup(seed=0)
@@ -1118,6 +1118,9 @@ print(f"Checked: finite loss, teacher entropy inside (0, ln K), k-NN above chanc
 
 # %%
 RESULTS = Path("results")
+for name in ("small_cpu_log.jsonl", "small_cpu_run.txt", "baselines.json", "imagenette_log.jsonl",
+             "imagenette_run.txt"):
+    course_file(f"results/{name}")           # downloaded when the chapter is opened alone
 long_log_path, long_info_path = RESULTS / "small_cpu_log.jsonl", RESULTS / "small_cpu_run.txt"
 long_log = read_log(long_log_path) if long_log_path.exists() else None
 # small_cpu_run.txt: one "key<TAB>value[<TAB>comment]" line per fact about the run

@@ -48,7 +48,7 @@ import matplotlib.pyplot as plt
 import nbformat
 from IPython.display import Markdown, display
 
-from dino_tutorial.notebook import glue
+from dino_tutorial.notebook import course_file, glue
 
 plt.rcParams.update({"figure.dpi": 100, "axes.titlesize": 10, "axes.labelsize": 10})
 NOT_MADE = "not made"
@@ -128,6 +128,9 @@ glue("lightly_linear", "68.2", display=False)
 
 # %%
 RESULTS = Path("results")
+for name in ("smoke_summary.txt", "smoke_log.jsonl", "small_cpu_log.jsonl", "baselines.json",
+             "imagenette_log.jsonl", "imagenette_run.txt"):
+    course_file(f"results/{name}")           # downloaded when the chapter is opened alone
 
 
 def read_summary(path: Path) -> dict:
