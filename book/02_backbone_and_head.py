@@ -21,7 +21,7 @@
 #
 # [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/dino-tutorial/dino-tutorial/blob/main/book/02_backbone_and_head.ipynb)
 #
-# **Estimated time:** 45 minutes.
+# **Estimated time:** 75 minutes.
 
 # %% [markdown]
 # ## Tutorial objectives

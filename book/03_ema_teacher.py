@@ -21,7 +21,7 @@
 #
 # [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/dino-tutorial/dino-tutorial/blob/main/book/03_ema_teacher.ipynb)
 #
-# **Estimated time:** 45 minutes.
+# **Estimated time:** 70 minutes.
 
 # %% [markdown]
 # ## Tutorial objectives

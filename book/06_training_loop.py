@@ -21,7 +21,7 @@
 #
 # [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/dino-tutorial/dino-tutorial/blob/main/book/06_training_loop.ipynb)
 #
-# **Estimated time:** 60 minutes.
+# **Estimated time:** 95 minutes.
 
 # %% [markdown]
 # ## Tutorial objectives

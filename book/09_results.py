@@ -20,7 +20,7 @@
 #
 # [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/dino-tutorial/dino-tutorial/blob/main/book/09_results.ipynb)
 #
-# **Estimated time:** 15 minutes.
+# **Estimated time:** 25 minutes.
 
 # %% [markdown]
 # ## Tutorial objectives
