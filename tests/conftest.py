@@ -39,6 +39,12 @@ def folder_80px(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
+def folder_24_per_class(tmp_path: Path) -> Path:
+    """Like tiny_folder with 24 images per class: 6 iterations of two processes of 4 images."""
+    return make_image_folder(tmp_path / "images24", per_class=24)
+
+
+@pytest.fixture
 def photo() -> Image.Image:
     """A real photograph when the shared data is present, else a synthetic 300x200 image."""
     samples = SHARED_DATA / "imagenet-samples"

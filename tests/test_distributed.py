@@ -130,11 +130,11 @@ def _stop_worker(rank, world_size, port, data, out, results):
 
 
 @pytest.mark.slow
-def test_a_signal_on_one_process_stops_all_and_none_leaves_before_the_checkpoint_is_written(tmp_path):
+def test_a_signal_on_one_process_stops_all_and_none_leaves_before_the_checkpoint_is_written(folder_24_per_class,
+                                                                                         tmp_path):
     import socket
     from dino_tutorial import checkpoint as ckpt
-    from conftest import make_image_folder
-    images = make_image_folder(tmp_path / "images", per_class=24)        # 6 iterations of 2 x 4 images
+    images = folder_24_per_class
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
