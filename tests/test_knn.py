@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from dino_tutorial.knn import extract_features, knn_classify
+from dino_tutorial.knn import extract_features, knn_classify, knn_hits
 
 
 def brute_force_knn(train_f, train_l, test_f, test_l, k, T, num_classes):
@@ -88,3 +88,65 @@ def test_the_bank_read_in_blocks_gives_the_same_neighbours_as_the_whole_bank():
         similarity, index = nearest_neighbours(bank, queries, 10, max_chunk_elements=elements)
         torch.testing.assert_close(similarity, expected_sim)
         assert torch.equal(index, expected_idx)
+
+
+# ---- the protocol's details, each stated as a property (found by mutation testing)
+
+def test_the_default_protocol_is_the_papers_k_20_and_t_0_07():
+    import inspect
+    from dino_tutorial.knn import knn_classify
+    for fn in (knn_hits, knn_classify):
+        parameters = inspect.signature(fn).parameters
+        assert (parameters["k"].default, parameters["T"].default) == (20, 0.07), fn.__name__
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (dict(k=0), "k must be >= 1"),
+    (dict(T=0.0), "temperature T must be > 0"),
+    (dict(test_features=torch.randn(3, 5)), r"features must be \(N, D\) and \(M, D\) with the same D, got \(6, 4\) "
+                                            r"and \(3, 5\)"),
+    (dict(train_features=torch.randn(6)), r"features must be \(N, D\) and \(M, D\)"),
+    (dict(test_features=torch.randn(3)), r"features must be \(N, D\) and \(M, D\)"),
+    (dict(train_labels=torch.zeros(5, dtype=torch.long)), "features and labels must have the same number of rows"),
+    (dict(test_labels=torch.zeros(2, dtype=torch.long)), "features and labels must have the same number of rows"),
+    (dict(train_features=torch.randn(0, 4), train_labels=torch.zeros(0, dtype=torch.long)),
+     "k-NN needs at least one training and one test sample"),
+    (dict(test_features=torch.randn(0, 4), test_labels=torch.zeros(0, dtype=torch.long)),
+     "k-NN needs at least one training and one test sample"),
+])
+def test_each_bad_input_is_named_in_its_error(arguments, message):
+    inputs = dict(train_features=torch.randn(6, 4), train_labels=torch.zeros(6, dtype=torch.long),
+                  test_features=torch.randn(3, 4), test_labels=torch.zeros(3, dtype=torch.long))
+    inputs.update(arguments)
+    with pytest.raises(ValueError, match=message):
+        knn_hits(**inputs)
+
+
+def test_one_training_sample_and_one_query_are_enough():
+    top1, top5 = knn_hits(torch.tensor([[1.0, 0.0]]), torch.tensor([1]), torch.tensor([[0.5, 0.5]]), torch.tensor([1]),
+                          num_classes=3)
+    assert top1.tolist() == [True] and top5.tolist() == [True]
+
+
+def test_a_class_whose_votes_are_below_one_still_wins():
+    """exp(s / T) is below 1 for a negative similarity: such a vote is small but real, and a class with only
+    that vote (and every other class with none) is the prediction."""
+    train = torch.tensor([[-1.0, 0.2]])
+    top1, _ = knn_hits(train, torch.tensor([2]), torch.tensor([[1.0, 0.0]]), torch.tensor([2]), k=1, num_classes=4)
+    assert top1.tolist() == [True]
+
+
+def test_chunks_that_do_not_divide_the_bank_evenly_give_the_same_hits():
+    """max_chunk_elements 2.5 x the bank: chunks of 2 queries (an integer division), the same hits as one chunk."""
+    generator = torch.Generator().manual_seed(5)
+    train, test = torch.randn(10, 3, generator=generator), torch.randn(7, 3, generator=generator)
+    labels, test_labels = torch.arange(10) % 3, torch.arange(7) % 3
+    whole = knn_hits(train, labels, test, test_labels, k=4)
+    chunked = knn_hits(train, labels, test, test_labels, k=4, max_chunk_elements=25)
+    assert torch.equal(whole[0], chunked[0]) and torch.equal(whole[1], chunked[1])
+
+
+def test_extract_features_names_an_empty_loader():
+    from dino_tutorial.knn import extract_features
+    with pytest.raises(ValueError, match="extract_features got an empty loader: no images to embed"):
+        extract_features(torch.nn.Identity(), [], "cpu")

@@ -135,3 +135,66 @@ def test_mismatched_or_broken_inputs_are_named(args, message):
 def test_labels_outside_the_classes_are_named():
     with pytest.raises(ValueError, match=r"test_labels must lie in \[0, num_classes=2\), got values from 0 to 5"):
         linear_evaluate(F, L, F, torch.full((10,), 5).index_fill(0, torch.tensor([0]), 0), num_classes=2)
+
+
+# ---- the protocol's details, each stated as a property (found by mutation testing)
+
+def blobs(n=40, d=6, classes=3, dtype=torch.float32, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % classes
+    features = torch.randn(n, d, generator=generator) + 4 * torch.eye(d)[labels % d]
+    return features.to(dtype), labels
+
+
+def test_the_defaults_are_the_authors_epochs_and_decay_and_the_documented_rest():
+    import inspect
+    defaults = {k: p.default for k, p in inspect.signature(train_linear_classifier).parameters.items()
+                if p.default is not inspect.Parameter.empty}
+    assert defaults == {"epochs": 100, "lr": 0.01, "weight_decay": 0.0, "batch_size": 256, "device": "cpu", "seed": 0}
+
+
+def test_the_learning_rate_follows_the_cosine_to_zero_iteration_by_iteration(monkeypatch):
+    from dino_tutorial.schedules import cosine_schedule
+    seen = []
+    real_step = torch.optim.SGD.step
+
+    def recording_step(self, *args, **kwargs):
+        seen.append(self.param_groups[0]["lr"])
+        assert self.param_groups[0]["momentum"] == 0.9
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.SGD, "step", recording_step)
+    features, labels = blobs(n=10)
+    train_linear_classifier(features, labels, 3, epochs=3, lr=0.5, batch_size=4)     # 3 iterations per epoch
+    np.testing.assert_allclose(seen, cosine_schedule(0.5, 0.0, 3, 3), rtol=1e-12)
+    assert len(seen) == 9 and seen[0] == 0.5
+
+
+@pytest.mark.parametrize("settings", [dict(epochs=1), dict(batch_size=1), dict(num_classes=1)])
+def test_the_smallest_allowed_settings_train(settings):
+    features, labels = blobs(n=8)
+    num_classes = settings.pop("num_classes", 3)
+    if num_classes == 1:
+        labels = torch.zeros_like(labels)
+    layer = train_linear_classifier(features, labels, num_classes, **{"epochs": 2, **settings})
+    assert layer.weight.shape == (num_classes, features.shape[1])
+
+
+def test_a_label_equal_to_num_classes_is_out_of_range():
+    features, labels = blobs(n=8)
+    with pytest.raises(ValueError, match=r"train_labels must lie in \[0, num_classes=2\), got values from 0 to 2"):
+        train_linear_classifier(features, labels, 2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16])
+def test_features_of_any_float_type_train_a_float32_layer(dtype):
+    features, labels = blobs(dtype=dtype)
+    layer = train_linear_classifier(features, labels, 3, epochs=5)
+    assert layer.weight.dtype == torch.float32
+    assert (layer(features.float()).argmax(1) == labels).float().mean() > 0.9
+
+
+def test_the_returned_layer_is_frozen_and_in_eval_mode():
+    features, labels = blobs()
+    layer = train_linear_classifier(features, labels, 3, epochs=2)
+    assert not layer.training and not any(p.requires_grad for p in layer.parameters())
