@@ -107,12 +107,12 @@ def test_the_default_protocol_is_the_papers_k_20_and_t_0_07():
                                             r"and \(3, 5\)"),
     (dict(train_features=torch.randn(6)), r"features must be \(N, D\) and \(M, D\)"),
     (dict(test_features=torch.randn(3)), r"features must be \(N, D\) and \(M, D\)"),
-    (dict(train_labels=torch.zeros(5, dtype=torch.long)), "features and labels must have the same number of rows"),
-    (dict(test_labels=torch.zeros(2, dtype=torch.long)), "features and labels must have the same number of rows"),
+    (dict(train_labels=torch.zeros(5, dtype=torch.long)), "^features and labels must have the same number of rows$"),
+    (dict(test_labels=torch.zeros(2, dtype=torch.long)), "^features and labels must have the same number of rows$"),
     (dict(train_features=torch.randn(0, 4), train_labels=torch.zeros(0, dtype=torch.long)),
-     "k-NN needs at least one training and one test sample"),
+     "^k-NN needs at least one training and one test sample$"),
     (dict(test_features=torch.randn(0, 4), test_labels=torch.zeros(0, dtype=torch.long)),
-     "k-NN needs at least one training and one test sample"),
+     "^k-NN needs at least one training and one test sample$"),
 ])
 def test_each_bad_input_is_named_in_its_error(arguments, message):
     inputs = dict(train_features=torch.randn(6, 4), train_labels=torch.zeros(6, dtype=torch.long),
@@ -148,5 +148,26 @@ def test_chunks_that_do_not_divide_the_bank_evenly_give_the_same_hits():
 
 def test_extract_features_names_an_empty_loader():
     from dino_tutorial.knn import extract_features
-    with pytest.raises(ValueError, match="extract_features got an empty loader: no images to embed"):
+    with pytest.raises(ValueError, match="^extract_features got an empty loader: no images to embed$"):
         extract_features(torch.nn.Identity(), [], "cpu")
+
+
+def test_a_call_with_the_defaults_is_the_papers_protocol():
+    """Two banks where the paper's k = 20 and T = 0.07 decide: the 21st neighbour tips the vote, and a
+    temperature of 1 lets two fair neighbours outvote a perfect one. Compared by behaviour (mutated defaults
+    are invisible to inspect.signature under some tools)."""
+    def at(angles):
+        return torch.stack([torch.cos(angles), torch.sin(angles)], dim=1)
+
+    query, label = torch.tensor([[1.0, 0.0]]), torch.tensor([0])
+    # 10 neighbours of class 0 at 0.10 rad, 11 of class 1 at 0.12 rad: 20 neighbours say 0, 21 say 1
+    bank_k = at(torch.cat([torch.full((10,), 0.10), torch.full((11,), 0.12)]))
+    labels_k = torch.cat([torch.zeros(10), torch.ones(11)]).long()
+    assert knn_hits(bank_k, labels_k, query, label)[0].item()
+    assert not knn_hits(bank_k, labels_k, query, label, k=21)[0].item()
+    # one neighbour of class 0 at similarity 1, two of class 1 at about 0.9
+    bank_t = at(torch.tensor([0.0, 0.451, 0.451]))
+    labels_t = torch.tensor([0, 1, 1])
+    assert knn_hits(bank_t, labels_t, query, label)[0].item()
+    assert not knn_hits(bank_t, labels_t, query, label, T=1.07)[0].item()
+    assert knn_classify(bank_t, labels_t, query, label)[0] == 100.0

@@ -173,6 +173,7 @@ def test_the_learning_rate_follows_the_cosine_to_zero_iteration_by_iteration(mon
 @pytest.mark.parametrize("settings", [dict(epochs=1), dict(batch_size=1), dict(num_classes=1)])
 def test_the_smallest_allowed_settings_train(settings):
     features, labels = blobs(n=8)
+    settings = dict(settings)                            # the parametrised dict is shared between runs
     num_classes = settings.pop("num_classes", 3)
     if num_classes == 1:
         labels = torch.zeros_like(labels)
@@ -198,3 +199,31 @@ def test_the_returned_layer_is_frozen_and_in_eval_mode():
     features, labels = blobs()
     layer = train_linear_classifier(features, labels, 3, epochs=2)
     assert not layer.training and not any(p.requires_grad for p in layer.parameters())
+
+
+def test_a_call_with_the_defaults_is_the_documented_protocol():
+    """Mutated defaults are invisible to inspect.signature under some tools: compare the trained layers."""
+    features, labels = blobs(n=30)
+    default = train_linear_classifier(features, labels, 3)
+    explicit = train_linear_classifier(features, labels, 3, epochs=100, lr=0.01, weight_decay=0.0, batch_size=256,
+                                       device="cpu", seed=0)
+    assert torch.equal(default.weight, explicit.weight) and torch.equal(default.bias, explicit.bias)
+    for changed in (dict(epochs=101), dict(lr=0.02), dict(seed=1)):             # each default matters
+        other = train_linear_classifier(features, labels, 3, batch_size=8, **changed)
+        assert not torch.equal(other.weight, train_linear_classifier(features, labels, 3, batch_size=8).weight)
+
+
+@pytest.mark.parametrize("features, labels, message", [
+    (torch.randn(4), torch.zeros(4, dtype=torch.long), r"^train_features must be a 2-D \(N, D\) tensor, got shape \(4,\)$"),
+    (torch.randn(4, 2), torch.zeros(3, dtype=torch.long),
+     r"^train_labels must hold one label per row of train_features: got labels of shape \(3,\) for 4 rows$"),
+])
+def test_bad_training_inputs_are_named_as_the_training_split(features, labels, message):
+    with pytest.raises(ValueError, match=message):
+        train_linear_classifier(features, labels, 2)
+
+
+def test_num_classes_below_one_is_refused_in_one_line():
+    features, labels = blobs(n=8)
+    with pytest.raises(ValueError, match=r"^num_classes must be >= 1, got 0$"):
+        train_linear_classifier(features, torch.zeros_like(labels), 0)
