@@ -192,3 +192,57 @@ def test_collapse_warnings_name_the_kind_of_collapse():
     assert diagnose_collapse(0.5 * ln_k, 0.04 * ln_k, 1000).startswith("one dimension dominates")
     assert diagnose_collapse(0.5 * ln_k, 0.06 * ln_k, 1000) is None
     assert "ln K = 6.91" in diagnose_collapse(0.5 * ln_k, 0.0, 1000)
+
+
+# ---- the collapse diagnostics, against a computation written out view by view (found by mutation testing)
+
+def collapse_by_hand(student, teacher, center, teacher_temp, student_temp, ncrops):
+    batch = teacher.shape[0] // 2
+    p = [torch.softmax((teacher[i] - center[0]) / teacher_temp, dim=0) for i in range(2 * batch)]
+    entropies = [-(pi * pi.log()).sum() for pi in p]
+    mean_p = torch.stack(p).mean(0)
+    kls = []
+    for a in range(2):
+        for v in range(ncrops):
+            if v == a:
+                continue
+            for b in range(batch):
+                q = torch.softmax(student[v * batch + b] / student_temp, dim=0)
+                pa = p[a * batch + b]
+                kls.append((pa * (pa.log() - q.log())).sum())
+    return {"teacher_entropy": torch.stack(entropies).mean(), "center_entropy": -(mean_p * mean_p.log()).sum(),
+            "kl": torch.stack(kls).mean()}
+
+
+@pytest.mark.parametrize("student_temp", [0.1, 0.25])
+def test_collapse_statistics_match_a_view_by_view_computation(student_temp):
+    from dino_tutorial.loss import collapse_stats, collapse_tensors
+    generator = torch.Generator().manual_seed(2)
+    ncrops, batch, k = 4, 3, 6
+    student = torch.randn(ncrops * batch, k, generator=generator)
+    teacher = torch.randn(2 * batch, k, generator=generator) * 2
+    center = torch.randn(1, k, generator=generator)
+    got = collapse_tensors(student, teacher, center, 0.07 * 10, student_temp)
+    expected = collapse_by_hand(student, teacher, center, 0.7, student_temp, ncrops)
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-4, atol=1e-5, msg=name)
+    floats = collapse_stats(student, teacher, center, 0.7, student_temp)
+    assert floats == {name: value.item() for name, value in got.items()}
+    if student_temp == 0.1:                                  # the default student temperature is the recipe's
+        assert {n: v.item() for n, v in collapse_tensors(student, teacher, center, 0.7).items()} == floats
+        assert collapse_stats(student, teacher, center, 0.7) == floats
+
+
+def test_collapse_warnings_start_strictly_beyond_their_thresholds():
+    from dino_tutorial.loss import diagnose_collapse
+    ln_k = math.log(100)
+    assert diagnose_collapse(0.95 * ln_k, 0.5 * ln_k, 100) is None
+    assert diagnose_collapse(0.5 * ln_k, 0.05 * ln_k, 100) is None
+    assert diagnose_collapse(0.951 * ln_k, 0.5 * ln_k, 100).startswith("uniform collapse")
+    assert diagnose_collapse(0.5 * ln_k, 0.049 * ln_k, 100).startswith("one dimension dominates")
+
+
+def test_a_centre_momentum_of_one_is_allowed_and_keeps_the_centre():
+    loss_fn = DINOLoss(4, ncrops=2, center_momentum=1.0)
+    loss_fn(torch.randn(4, 4), torch.randn(4, 4), 0)
+    assert torch.equal(loss_fn.center, torch.zeros(1, 4))
