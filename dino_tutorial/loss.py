@@ -118,7 +118,7 @@ def collapse_tensors(student_output: torch.Tensor, teacher_output: torch.Tensor,
     entropy = -(teacher_p * teacher_logp).sum(-1)                                      # (2B,)
     mean_p = teacher_p.mean(0)
     center_entropy = -(mean_p * torch.log(mean_p.clamp_min(1e-30))).sum()
-    teacher_p, teacher_logp = teacher_p.view(2, batch, -1), teacher_logp.view(2, batch, -1)
+    teacher_p = teacher_p.view(2, batch, -1)
     cross = -torch.einsum("tbk,vbk->tv", teacher_p, student_logp) / batch
     kl = cross - entropy.view(2, batch).mean(1, keepdim=True)                          # H(p, q) - H(p)
     kl = (kl.sum() - kl.diagonal().sum()) / (2 * ncrops - 2)

@@ -227,3 +227,16 @@ def test_num_classes_below_one_is_refused_in_one_line():
     features, labels = blobs(n=8)
     with pytest.raises(ValueError, match=r"^num_classes must be >= 1, got 0$"):
         train_linear_classifier(features, torch.zeros_like(labels), 0)
+
+
+def test_more_test_rows_than_one_chunk_are_all_scored_in_float32():
+    """linear_evaluate scores 8,192 rows at a time: 9,000 float64 rows must give the accuracy of the layer
+    applied to all of them at once."""
+    features, labels = blobs(n=60, d=4, classes=3)
+    generator = torch.Generator().manual_seed(3)
+    test_labels = torch.arange(9000) % 3
+    test = (torch.randn(9000, 4, generator=generator) + 4 * torch.eye(4)[test_labels]).double()
+    top1, _ = linear_evaluate(features, labels, test, test_labels, epochs=3)
+    layer = train_linear_classifier(features, labels, 3, epochs=3)
+    expected = 100.0 * (layer(test.float()).argmax(1) == test_labels).sum().item() / 9000
+    assert top1 == pytest.approx(expected, abs=1e-9) and 50 < top1 < 100

@@ -218,7 +218,7 @@ def collapse_by_hand(student, teacher, center, teacher_temp, student_temp, ncrop
 def test_collapse_statistics_match_a_view_by_view_computation(student_temp):
     from dino_tutorial.loss import collapse_stats, collapse_tensors
     generator = torch.Generator().manual_seed(2)
-    ncrops, batch, k = 4, 3, 6
+    ncrops, batch, k = 4, 3, 7           # K is neither the teacher rows (6) nor 2 x 12 / ncrops: shapes not confused
     student = torch.randn(ncrops * batch, k, generator=generator)
     teacher = torch.randn(2 * batch, k, generator=generator) * 2
     center = torch.randn(1, k, generator=generator)
