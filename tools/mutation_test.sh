@@ -23,7 +23,7 @@ declare -A TESTS=(
   [schedules]="tests/test_schedules.py tests/test_optim.py"
   [optim]="tests/test_optim.py tests/test_train_step.py"
   [knn]="tests/test_knn.py"
-  [train]="tests/test_optim.py tests/test_train_step.py"
+  [train]="tests/test_optim.py tests/test_train_step.py tests/test_trainer_step.py"
   [linear]="tests/test_linear.py"
 )
 declare -A ONLY=(                                   # train.py: the step and the schedules, not the engine around them
