@@ -100,3 +100,63 @@ def test_bad_augmentation_parameters_are_named(kwargs, message):
 
 def test_eval_transform_resizes_and_center_crops(photo):
     assert eval_transform(64)(photo).shape == (3, 64, 64)
+
+
+# ---- the recipe's constants read back from the pipelines (found by mutation testing)
+
+def _all_transforms(transform):
+    import torchvision.transforms as T
+    if isinstance(transform, (T.Compose,)):
+        for t in transform.transforms:
+            yield from _all_transforms(t)
+    elif isinstance(transform, T.RandomApply):
+        yield transform
+        for t in transform.transforms:
+            yield from _all_transforms(t)
+    else:
+        yield transform
+
+
+def test_every_view_uses_the_authors_colour_jitter_and_bicubic_crops():
+    import torchvision.transforms as T
+    aug = MultiCropAugmentation()
+    for pipeline in (aug.global_transform_1, aug.global_transform_2, aug.local_transform):
+        parts = list(_all_transforms(pipeline))
+        (jitter,) = [t for t in parts if isinstance(t, T.ColorJitter)]
+        # brightness 0.4, contrast 0.4, saturation 0.2, hue 0.1, as ranges around "unchanged"
+        assert (jitter.brightness, jitter.contrast) == ((0.6, 1.4), (0.6, 1.4))
+        assert jitter.saturation == pytest.approx((0.8, 1.2)) and jitter.hue == (-0.1, 0.1)
+        (crop,) = [t for t in parts if isinstance(t, T.RandomResizedCrop)]
+        assert crop.interpolation == T.InterpolationMode.BICUBIC
+
+
+@pytest.mark.parametrize("size, resize", [(224, 256), (64, 73), (96, 110)])
+def test_the_evaluation_view_resizes_to_256_224ths_then_crops_bicubic(size, resize):
+    import torchvision.transforms as T
+    resize_step, crop_step = eval_transform(size).transforms[:2]
+    assert resize_step.size == resize and resize_step.interpolation == T.InterpolationMode.BICUBIC
+    assert crop_step.size == (size, size)
+    assert eval_transform(1).transforms[1].size == (1, 1)                 # the smallest size is allowed
+    with pytest.raises(ValueError, match="^image_size must be >= 1, got 0$"):
+        eval_transform(0)
+
+
+def test_denormalize_inverts_the_normalisation_and_clips_to_the_unit_range():
+    generator = torch.Generator().manual_seed(0)
+    image = torch.rand(3, 5, 4, generator=generator)
+    mean, std = torch.tensor(augment.IMAGENET_MEAN).view(3, 1, 1), torch.tensor(augment.IMAGENET_STD).view(3, 1, 1)
+    assert augment.IMAGENET_MEAN == (0.485, 0.456, 0.406) and augment.IMAGENET_STD == (0.229, 0.224, 0.225)
+    assert torch.allclose(denormalize((image - mean) / std), image, atol=1e-6)
+    assert denormalize(torch.full((3, 2, 2), 100.0)).eq(1.0).all()
+    assert denormalize(torch.full((3, 2, 2), -100.0)).eq(0.0).all()
+
+
+def test_probabilities_and_scales_at_their_limits():
+    augment.RandomGaussianBlur(p=0.0), augment.RandomGaussianBlur(p=1.0), augment.RandomSolarize(p=0.0)
+    with pytest.raises(ValueError, match=r"^blur p must be in \[0, 1\], got 1.5$"):
+        augment.RandomGaussianBlur(p=1.5)
+    with pytest.raises(ValueError, match=r"^solarization p must be in \[0, 1\], got -0.1$"):
+        augment.RandomSolarize(p=-0.1)
+    MultiCropAugmentation(global_crops_scale=(0.5, 0.5), local_crops_scale=(0.05, 1.0), global_size=1, local_size=1)
+    with pytest.raises(ValueError, match=r"^global_crops_scale must be \(min, max\) with 0 < min <= max <= 1"):
+        MultiCropAugmentation(global_crops_scale=(0.5, 1.5))
