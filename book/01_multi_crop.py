@@ -62,24 +62,10 @@ from dino_tutorial.augment import (IMAGENET_MEAN, IMAGENET_STD,
                                    MultiCropAugmentation, RandomGaussianBlur,
                                    RandomSolarize, denormalize)
 from dino_tutorial.data import load_rgb, resolve_data_root, sample_image_paths
-from dino_tutorial.notebook import glue, setup
+from dino_tutorial.notebook import check_exercise, glue, setup
 from dino_tutorial.train import set_seed
 
 DEVICE = setup(seed=0)  # unused here: decoding and augmenting run on the CPU
-
-
-def check_exercise(number: int, check, *answer) -> None:
-    """Run exercise `number`'s check on your answer; while it has blanks, say so in one line."""
-    try:
-        check(*answer)
-    except NotImplementedError as blank:
-        print(f"Exercise {number} is not done yet: {blank}. Fill them in, delete the `raise` line, "
-              f"then run the exercise cell and this one again.")
-    except (TypeError, AttributeError) as error:
-        if "ellipsis" not in str(error) and "NoneType" not in str(error):
-            raise
-        print(f"Exercise {number} is not done yet: a blank (...) is left or nothing is returned "
-              f"({error}).")
 
 
 def show(view: torch.Tensor) -> np.ndarray:

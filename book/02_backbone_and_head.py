@@ -59,25 +59,11 @@ from torch import nn
 from dino_tutorial.augment import MultiCropAugmentation, denormalize, eval_transform
 from dino_tutorial.data import load_rgb, resolve_data_root, sample_image_paths
 from dino_tutorial.model import DINOHead, MultiCropWrapper, build_backbone
-from dino_tutorial.notebook import glue, setup
+from dino_tutorial.notebook import check_exercise, glue, setup
 from dino_tutorial.train import set_seed
 
 DEVICE = setup(seed=0)
 print(f"device: {DEVICE}")
-
-
-def check_exercise(number: int, check, *answer) -> None:
-    """Run exercise `number`'s check on your answer; while it has blanks, say so in one line."""
-    try:
-        check(*answer)
-    except NotImplementedError as blank:
-        print(f"Exercise {number} is not done yet: {blank}. Fill them in, delete the `raise` line, "
-              f"then run the exercise cell and this one again.")
-    except (TypeError, AttributeError) as error:
-        if "ellipsis" not in str(error) and "NoneType" not in str(error):
-            raise
-        print(f"Exercise {number} is not done yet: a blank (...) is left or nothing is returned "
-              f"({error}).")
 
 
 def count(module: nn.Module) -> int:

@@ -66,25 +66,12 @@ from dino_tutorial.model import DINOHead, MultiCropWrapper, build_backbone
 from dino_tutorial.optim import clip_gradients, param_groups
 from dino_tutorial.schedules import cosine_schedule
 from dino_tutorial.teacher import ema_update, make_teacher
-from dino_tutorial.notebook import glue, setup
+from dino_tutorial.notebook import check_exercise, glue, setup
 from dino_tutorial.train import set_seed
 
 DEVICE = setup(seed=0)
 print(f"device: {DEVICE}")
 
-
-def check_exercise(number: int, check, *answer) -> None:
-    """Run exercise `number`'s check on your answer; while it has blanks, say so in one line."""
-    try:
-        check(*answer)
-    except NotImplementedError as blank:
-        print(f"Exercise {number} is not done yet: {blank}. Fill them in, delete the `raise` line, "
-              f"then run the exercise cell and this one again.")
-    except (TypeError, AttributeError) as error:
-        if "ellipsis" not in str(error) and "NoneType" not in str(error):
-            raise
-        print(f"Exercise {number} is not done yet: a blank (...) is left or nothing is returned "
-              f"({error}).")
 
 # %% tags=["hide-input"]
 # The data: Imagenette (imagenette-mini when present, else the 160 px version, downloaded).

@@ -63,25 +63,11 @@ from dino_tutorial.data import imagenette, resolve_data_root
 from dino_tutorial.loss import DINOLoss, collapse_stats
 from dino_tutorial.model import DINOHead, MultiCropWrapper, build_backbone
 from dino_tutorial.teacher import ema_update, make_teacher
-from dino_tutorial.notebook import glue, setup
+from dino_tutorial.notebook import check_exercise, glue, setup
 from dino_tutorial.train import set_seed
 
 DEVICE = setup(seed=0, one_thread_on_small_cpu=True)
 QUIET = os.environ.get("TQDM_DISABLE", "") not in ("", "0")  # progress bars off in CI
-
-
-def check_exercise(number: int, check, *answer) -> None:
-    """Run exercise `number`'s check on your answer; while it has blanks, say so in one line."""
-    try:
-        check(*answer)
-    except NotImplementedError as blank:
-        print(f"Exercise {number} is not done yet: {blank}. Fill them in, delete the `raise` line, "
-              f"then run the exercise cell and this one again.")
-    except (TypeError, AttributeError) as error:
-        if "ellipsis" not in str(error) and "NoneType" not in str(error):
-            raise
-        print(f"Exercise {number} is not done yet: a blank (...) is left or nothing is returned "
-              f"({error}).")
 
 
 def entropy(p: torch.Tensor) -> torch.Tensor:

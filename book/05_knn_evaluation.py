@@ -65,24 +65,11 @@ from dino_tutorial.baselines import bootstrap_interval, pixel_knn, random_init_k
 from dino_tutorial.data import IMAGENETTE_CLASSES, imagenette, imagenette_root, resolve_data_root
 from dino_tutorial.knn import extract_features, knn_classify, knn_hits, nearest_neighbours
 from dino_tutorial.model import build_backbone
-from dino_tutorial.notebook import course_file, glue, setup
+from dino_tutorial.notebook import check_exercise, course_file, glue, setup
 from dino_tutorial.train import TrainConfig, set_seed, train
 
 DEVICE = setup(seed=0, one_thread_on_small_cpu=True)
 
-
-def check_exercise(number: int, check, *answer) -> None:
-    """Run exercise `number`'s check on your answer; while it has blanks, say so in one line."""
-    try:
-        check(*answer)
-    except NotImplementedError as blank:
-        print(f"Exercise {number} is not done yet: {blank}. Fill them in, delete the `raise` line, "
-              f"then run the exercise cell and this one again.")
-    except (TypeError, AttributeError) as error:
-        if "ellipsis" not in str(error) and "NoneType" not in str(error):
-            raise
-        print(f"Exercise {number} is not done yet: a blank (...) is left or nothing is returned "
-              f"({error}).")
 
 # %% [markdown]
 # The trained network to evaluate is a checkpoint written by the package's trainer (chapter 06), for example

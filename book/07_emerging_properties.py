@@ -65,7 +65,7 @@ from dino_tutorial.data import (IMAGENETTE_CLASSES, imagenette, imagenette_root,
                                 resolve_data_root, sample_image_paths)
 from dino_tutorial.knn import knn_classify
 from dino_tutorial.model import build_backbone
-from dino_tutorial.notebook import glue, setup
+from dino_tutorial.notebook import check_exercise, glue, setup
 from dino_tutorial.train import TrainConfig, set_seed
 
 try:  # the figures are mostly photographs: JPEG keeps the notebook a fraction of the size PNG would
@@ -74,20 +74,6 @@ try:  # the figures are mostly photographs: JPEG keeps the notebook a fraction o
 except ImportError:
     pass
 DEVICE = setup(seed=0, font_size=9, one_thread_on_small_cpu=True)
-
-
-def check_exercise(number: int, check, *answer) -> None:
-    """Run exercise `number`'s check on your answer; while it has blanks, say so in one line."""
-    try:
-        check(*answer)
-    except NotImplementedError as blank:
-        print(f"Exercise {number} is not done yet: {blank}. Fill them in, delete the `raise` line, "
-              f"then run the exercise cell and this one again.")
-    except (TypeError, AttributeError) as error:
-        if "ellipsis" not in str(error) and "NoneType" not in str(error):
-            raise
-        print(f"Exercise {number} is not done yet: a blank (...) is left or nothing is returned "
-              f"({error}).")
 
 
 def as_image(tensor: torch.Tensor) -> np.ndarray:

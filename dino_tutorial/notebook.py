@@ -9,6 +9,9 @@ its own imports; the rest of the setup is here, once:
 ``course_file("results/imagenette_log.jsonl")`` finds a committed result or backbone of the course beside the
 chapter, or, in a chapter opened alone (Colab), downloads it from the course's repository.
 
+``check_exercise(n, check, answer)`` runs an exercise's check and, while the answer still has blanks, says so in
+one line instead of raising.
+
 ``glue`` records a value under a name so that the rendered book can quote it in the text (MyST-NB's
 ``{glue:text}`` role); outside the book's toolchain (in Colab, say) it does nothing.
 """
@@ -29,6 +32,22 @@ def glue(name: str, value, display: bool = True) -> None:
     except ImportError:
         return
     myst_glue(name, value, display=display)
+
+
+def check_exercise(number: int, check, *answer) -> None:
+    """Run exercise ``number``'s ``check`` on the learner's ``answer``; while it still has blanks (it raises
+    NotImplementedError, or a ``...`` / a missing return makes it fail on Ellipsis or None), say so in one line
+    instead of raising, so that "Run all" goes on. A wrong answer still raises the check's own error."""
+    try:
+        check(*answer)
+    except NotImplementedError as blank:
+        print(f"Exercise {number} is not done yet: {blank}. Fill them in, delete the `raise` line, "
+              f"then run the exercise cell and this one again.")
+    except (TypeError, AttributeError) as error:
+        if "ellipsis" not in str(error) and "NoneType" not in str(error):
+            raise
+        print(f"Exercise {number} is not done yet: a blank (...) is left or nothing is returned "
+              f"({error}).")
 
 
 def setup(seed: int = 0, font_size: float = 10, label_size: float = 10,

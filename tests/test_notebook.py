@@ -1,5 +1,6 @@
 """The chapters' shared setup: one figure style, reproducible seeds, the device, and a glue that never fails."""
 import matplotlib
+import pytest
 import torch
 
 from dino_tutorial.notebook import glue, setup
@@ -66,3 +67,24 @@ def test_course_file_offline_says_so_in_one_line_and_returns_the_missing_path(tm
     assert not got.exists() and got == tmp_path / "results" / "missing.json"
     out = capsys.readouterr().out.strip().splitlines()
     assert len(out) == 1 and "could not be downloaded" in out[0] and "no network" in out[0]
+
+
+def test_check_exercise_reports_blanks_in_one_line_and_lets_a_wrong_answer_raise(capsys):
+    from dino_tutorial.notebook import check_exercise
+
+    def unfinished():
+        raise NotImplementedError("sample_crop_box still has blanks")
+
+    def wrong(answer):
+        assert answer == 2, "expected 2"
+
+    check_exercise(1, lambda f: f(), unfinished)
+    check_exercise(2, lambda x: x + 1, ...)                      # a blank left: Ellipsis + 1 is a TypeError
+    check_exercise(3, lambda x: x.shape, None)                   # nothing returned
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [line.split(":")[0] for line in lines] == [f"Exercise {n} is not done yet" for n in (1, 2, 3)]
+    assert "sample_crop_box still has blanks" in lines[0]
+    with pytest.raises(AssertionError, match="expected 2"):
+        check_exercise(4, wrong, 3)
+    with pytest.raises(TypeError):
+        check_exercise(5, lambda x: x + "a", 1)                  # a real error is not taken for a blank

@@ -45,10 +45,6 @@ class StopRequest:
         stop, skip = flags.tolist()
         return bool(stop), bool(skip)
 
-    def agreed(self, world_size: int, device: torch.device) -> bool:
-        """True on every process as soon as any process got a signal."""
-        return self.agree(True, world_size, device)[0]
-
     def __exit__(self, *exc) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
