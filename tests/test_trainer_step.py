@@ -19,7 +19,8 @@ def trainer_for(folder, out, **overrides):
 
 @pytest.mark.parametrize("augmentation", ["pil", "fast"])
 def test_the_step_returns_the_loss_and_statistics_of_its_own_outputs(tiny_folder, tmp_path, augmentation):
-    trainer = trainer_for(tiny_folder, tmp_path / "run", augmentation=augmentation)
+    # a student temperature other than the default: the statistics must be computed with the configured one
+    trainer = trainer_for(tiny_folder, tmp_path / "run", augmentation=augmentation, student_temp=0.15)
     crops, _, _ = next(iter(trainer.loader))
     student, teacher = copy.deepcopy(trainer.student), copy.deepcopy(trainer.teacher)
     loss_fn = copy.deepcopy(trainer.dino_loss)
@@ -60,3 +61,28 @@ def test_a_non_finite_loss_names_the_epoch_the_iteration_and_the_settings(tiny_f
     assert message.startswith("loss is nan at epoch 2, iteration 5: likely causes are fp16 overflow")
     assert f"lr={trainer.lr_schedule[3]:.3g}" in message
     assert f"temperature too low ({trainer.dino_loss.teacher_temp(1)})" in message
+
+
+@pytest.mark.parametrize("amp, dtype", [("bf16", torch.bfloat16), ("fp16", torch.float16)])
+def test_autocast_runs_both_networks_in_the_chosen_dtype_and_the_loss_in_fp32(tiny_folder, tmp_path, amp, dtype):
+    config = tiny_config(tiny_folder, tmp_path / amp, knn_every=0, amp=amp, augmentation="fast",
+                         global_size=32, local_size=32)
+    trainer = Trainer(config)
+    assert trainer.amp_dtype == dtype
+    assert trainer.scaler.is_enabled() == (amp == "fp16")          # fp16 needs a gradient scaler
+    crops, _, _ = next(iter(trainer.loader))
+    student, teacher = copy.deepcopy(trainer.student), copy.deepcopy(trainer.teacher)
+    loss_fn = copy.deepcopy(trainer.dino_loss)
+    views = [normalize_uint8(x) for x in crops]
+    with torch.no_grad():
+        fp32_loss = copy.deepcopy(loss_fn)(copy.deepcopy(student)(views), copy.deepcopy(teacher)(views[:2]),
+                                           1).item()                # the loss updates its centre: a copy
+    with torch.autocast("cpu", dtype=dtype):
+        with torch.no_grad():
+            t = teacher(views[:2])
+        s = student(views)
+    assert t.dtype == s.dtype == dtype
+    amp_loss = loss_fn(s.float(), t.float(), 1).item()
+    loss, _ = trainer.train_step(crops, epoch=1, it=3, i=0)
+    assert loss == pytest.approx(amp_loss, rel=1e-5)
+    assert loss != pytest.approx(fp32_loss, rel=1e-5)          # the step did run under autocast
