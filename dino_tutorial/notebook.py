@@ -13,7 +13,8 @@ chapter, or, in a chapter opened alone (Colab), downloads it from the course's r
 one line instead of raising.
 
 ``glue`` records a value under a name so that the rendered book can quote it in the text (MyST-NB's
-``{glue:text}`` role); outside the book's toolchain (in Colab, say) it does nothing.
+``{glue:text}`` role), and writes it out after the cell so that Colab and JupyterLab, which show the role as it
+is, show the number too.
 """
 from __future__ import annotations
 
@@ -25,13 +26,56 @@ import torch
 from .train import default_device, set_seed
 
 
+_QUOTED: list = []          # (name, value) glued with display=False by the cell that is running
+
+
 def glue(name: str, value, display: bool = True) -> None:
-    """MyST-NB's ``glue`` when it is installed (numbers quoted in the book's text come from the cells)."""
+    """Record ``value`` under ``name`` for the book's text (MyST-NB's ``{glue:text}`` role, when installed).
+
+    The book replaces the role by the value, but Colab and JupyterLab show the role itself; so a value glued
+    without display is also written out, in one line per cell after the cell's other outputs ("Quoted in the
+    text: name = value; ..."), which every notebook front end shows.
+    """
     try:
         from myst_nb import glue as myst_glue
     except ImportError:
+        myst_glue = None
+    if myst_glue is not None:
+        myst_glue(name, value, display=display)
+    if not display:
+        _QUOTED.append((name, value))
+        if not _show_quoted_after_the_cell():
+            show_quoted()                                   # no IPython: at once
+
+
+def show_quoted() -> None:
+    """Write the values glued since the last call in one line, then forget them."""
+    if not _QUOTED:
         return
-    myst_glue(name, value, display=display)
+    line = "Quoted in the text: " + "; ".join(f"{name} = {value}" for name, value in _QUOTED)
+    _QUOTED.clear()
+    try:
+        from IPython.display import display
+    except ImportError:
+        print(line)
+        return
+    markdown = line.replace("Quoted in the text:", "*Quoted in the text:*", 1)
+    display({"text/markdown": markdown, "text/plain": line}, raw=True)
+
+
+def _show_quoted_after_the_cell() -> bool:
+    """Have IPython call ``show_quoted`` once the running cell has finished; False outside IPython."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    if shell is None:
+        return False
+    if not getattr(shell, "_dino_quotes", False):
+        shell.events.register("post_run_cell", lambda result: show_quoted())
+        shell._dino_quotes = True
+    return True
 
 
 def check_exercise(number: int, check, *answer) -> None:

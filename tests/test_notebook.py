@@ -34,6 +34,43 @@ def test_glue_forwards_to_myst_nb_and_does_nothing_without_it(monkeypatch):
     assert glue("a_number", "1.5") is None
 
 
+def test_a_quoted_number_is_also_written_out_where_the_glue_role_is_not_rendered(monkeypatch, capsys):
+    import sys
+    monkeypatch.setitem(sys.modules, "myst_nb", None)        # Colab: no MyST-NB, the text shows the role
+    monkeypatch.setitem(sys.modules, "IPython", None)        # plain Python: no cell to wait for, at once
+    monkeypatch.setitem(sys.modules, "IPython.display", None)
+    glue("knn_top1", "56.2", display=False)
+    assert capsys.readouterr().out == "Quoted in the text: knn_top1 = 56.2\n"
+    glue("shown_by_its_cell", "1", display=True)               # displayed values are not repeated
+    assert capsys.readouterr().out == ""
+
+
+def test_the_values_of_one_cell_are_written_in_one_line_after_it(monkeypatch):
+    import sys
+    import types
+    monkeypatch.setitem(sys.modules, "myst_nb", None)
+    handlers, shown = [], []
+
+    class Events:
+        def register(self, event, handler):
+            handlers.append((event, handler))
+
+    shell = types.SimpleNamespace(events=Events())
+    ipython = types.ModuleType("IPython")
+    ipython.get_ipython = lambda: shell
+    display = types.ModuleType("IPython.display")
+    display.display = lambda bundle, raw: shown.append(bundle["text/markdown"])
+    monkeypatch.setitem(sys.modules, "IPython", ipython)
+    monkeypatch.setitem(sys.modules, "IPython.display", display)
+    glue("a", "1", display=False)
+    glue("b", "2.5", display=False)
+    assert shown == [] and [event for event, _ in handlers] == ["post_run_cell"]    # registered once
+    handlers[0][1](None)                                      # the cell has finished
+    assert shown == ["*Quoted in the text:* a = 1; b = 2.5"]
+    handlers[0][1](None)                                      # a later cell that glues nothing: no line
+    assert len(shown) == 1
+
+
 def test_course_file_prefers_the_local_copy_and_downloads_a_missing_one_whole(tmp_path, monkeypatch, capsys):
     import io
     import urllib.request
