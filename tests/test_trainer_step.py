@@ -86,3 +86,23 @@ def test_autocast_runs_both_networks_in_the_chosen_dtype_and_the_loss_in_fp32(ti
     loss, _ = trainer.train_step(crops, epoch=1, it=3, i=0)
     assert loss == pytest.approx(amp_loss, rel=1e-5)
     assert loss != pytest.approx(fp32_loss, rel=1e-5)          # the step did run under autocast
+
+
+def test_the_teacher_runs_in_train_mode_at_every_step_so_its_batchnorm_uses_batch_statistics(tiny_folder, tmp_path):
+    # The authors' teacher is never put in eval mode during training: its BatchNorm layers normalise with the
+    # statistics of the current batch of global views, as the student's do. Checked at every step of a short
+    # run, also after the k-NN evaluation of epoch 1 (which itself runs the teacher in eval mode).
+    trainer = Trainer(tiny_config(tiny_folder, tmp_path / "run", knn_every=1, amp="none"))
+    modes = []
+    real_step = trainer.train_step
+
+    def recording_step(crops, epoch, it, i, **kwargs):
+        norms = [m for m in trainer.teacher.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+        assert norms, "the tiny model has BatchNorm layers"
+        modes.append((trainer.teacher.training, all(m.training for m in norms), trainer.student.training))
+        return real_step(crops, epoch, it, i, **kwargs)
+
+    trainer.train_step = recording_step
+    trainer.fit()
+    assert len(modes) == trainer.config.epochs * trainer.niter
+    assert all(modes_of_step == (True, True, True) for modes_of_step in modes), modes
