@@ -636,7 +636,7 @@ print(f"3 runs of {N_STEPS} steps in {elapsed:.0f} s on {DEVICE}")
 
 # %% tags=["hide-input"]
 colors = dict(zip(RUNS, ["tab:blue", "tab:red", "tab:green"]))
-fig, axes = plt.subplots(1, 3, figsize=(9, 2.5))
+fig, axes = plt.subplots(1, 3, figsize=(9, 3.1))
 steps = np.arange(1, N_STEPS + 1)
 for name, history in results.items():
     axes[0].plot(steps, history["teacher_entropy"], color=colors[name], lw=2, label=name)
@@ -646,17 +646,19 @@ for name, history in results.items():
                  color=colors[name], lw=2, label=name)
 axes[0].axhline(math.log(OUT_DIM), color="k", ls="--", lw=1)
 axes[0].axhline(0, color="k", ls=":", lw=1)
-axes[0].text(1, math.log(OUT_DIM) - 0.35, "ln K: uniform", fontsize=9)
+axes[0].text(1, math.log(OUT_DIM) + 0.12, "ln K: uniform", fontsize=9)
 axes[0].text(1, 0.15, "0: one dimension", fontsize=9)
 axes[0].set(xlabel="training step", ylabel="nats", title="Teacher entropy $h(P_t)$",
-            ylim=(-0.2, 6.2))
+            ylim=(-0.2, 6.6))
 axes[1].set(xlabel="training step", ylabel="nats", yscale="log",
             title="$D_{KL}(P_t \\| P_s)$, mean over the loss's pairs")
 axes[2].axhline(1 / OUT_DIM, color="k", lw=0.8, ls=":")
 axes[2].set(xscale="log", yscale="log", ylim=(1e-6, 1.5), xlabel="output dimension, sorted (rank)",
             ylabel="mean probability", title="Final teacher output, averaged over a batch")
-axes[1].legend(fontsize=9)
-plt.tight_layout()
+# one legend under the three panels, where it hides no curve
+fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=3, fontsize=9,
+           frameon=False)
+fig.tight_layout(rect=(0, 0.1, 1, 1))
 plt.show()
 
 # %% tags=["hide-input"]
