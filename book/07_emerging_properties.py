@@ -691,7 +691,7 @@ def show_neighbours(name, query_ids, k=5):
             ax = axes[row, col + 1]
             ax.imshow(dim_outside(as_image(bank_dataset[i][0]), bank_masks[i]))
             ax.set_title(f"{CLASS_NAMES[bank_labels[i]]}\ns = {similarity[q, col]:.3f}",
-                         fontsize=9, color=colour)        # two lines: long class names do not collide
+                         fontsize=9, color=colour)  # two lines: long names do not collide
             plt.setp(list(ax.spines.values()), color=colour, lw=3)
     for ax in axes.flat:
         ax.set_xticks([])
