@@ -21,7 +21,7 @@
 #
 # [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/dino-tutorial/dino-tutorial/blob/main/book/02_backbone_and_head.ipynb)
 #
-# **Estimated time:** 75 minutes.
+# **Estimated time:** 70 minutes.
 
 # %% [markdown]
 # ## Tutorial objectives
@@ -253,66 +253,18 @@ print(f"head {head_params / 1e6:.1f} M, backbone {backbone_params / 1e6:.1f} M, 
 # The last layer has no bias.
 
 # %% [markdown]
-# ### Coding exercise 1: the weight-normalised linear layer
+# ### Coding exercise 1: the DINO head
 #
-# Weight normalisation (Salimans and Kingma 2016) writes each row of a weight matrix as a direction times a
-# length, $w_k = g_k\, v_k / \lVert v_k \rVert$, and learns $v_k$ and $g_k$ instead of $w_k$. Write the layer:
-# given inputs `u` of shape (B, d), directions `v` (K, d) and lengths `g` (K, 1), return the (B, K) outputs
-# $u W^\top$.
-
-# %% tags=["exercise"]
-def weight_norm_linear(u: torch.Tensor, v: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    """u (B, d), v (K, d), g (K, 1) -> (B, K) outputs u @ W.T with rows W_k = g_k * v_k / ||v_k||.
-    """
-    #################################################################
-    # Fill in the blanks (...), then remove this line.
-    raise NotImplementedError("weight_norm_linear still has blanks (...)")
-    #################################################################
-    weight = ...  # (K, d): each row of v scaled to length g_k
-    return ...
-
-
-# %% tags=["solution", "hide-cell"]
-# Solution to exercise 1
-def weight_norm_linear(u: torch.Tensor, v: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    """u (B, d), v (K, d), g (K, 1) -> (B, K) outputs u @ W.T with rows W_k = g_k * v_k / ||v_k||.
-    """
-    weight = g * v / v.norm(dim=1, keepdim=True)
-    return u @ weight.T
-
-
-# %%
-def check_weight_norm_linear(fn):
-    set_seed(0)
-    u = torch.randn(8, 256)
-    for norm_last_layer in (True, False):
-        layer = DINOHead(64, out_dim=1000, norm_last_layer=norm_last_layer).last_layer
-        with torch.no_grad():
-            layer.weight_v.mul_(torch.rand(1000, 1) * 5)             # rows of many lengths
-            if not norm_last_layer:
-                layer.weight_g.copy_(torch.rand(1000, 1) * 3)         # and gains other than 1
-        mine, ref = fn(u, layer.weight_v, layer.weight_g), layer(u)
-        assert mine.shape == ref.shape, (f"your output has shape {tuple(mine.shape)}, expected "
-                                         f"{tuple(ref.shape)}")
-        assert torch.allclose(mine, ref, atol=1e-5), (
-            f"outputs differ from DINOHead's last layer (norm_last_layer={norm_last_layer}) by up "
-            f"to {(mine - ref).abs().max():.3g}: is every row of v divided by its own norm?")
-    print("Correct: your layer matches the last layer of dino_tutorial.model.DINOHead")
-
-
-check_exercise(1, check_weight_norm_linear, weight_norm_linear)
-
-# %% [markdown]
-# ### Coding exercise 2: the head's forward pass
+# Write the head of the figure: the MLP (three linear layers, GELU between them), the $\ell_2$ normalisation
+# of the 256-d bottleneck, and the weight-normalised last layer. Weight normalisation (Salimans and Kingma
+# 2016) writes each row of a weight matrix as a direction times a length, $w_k = g_k\, v_k / \lVert v_k
+# \rVert$, and learns $v_k$ and $g_k$ instead of $w_k$: write its forward pass in `MyWeightNormLinear`, then
+# `MyDINOHead` with the same parameter names as the package's head (`mlp` a `Sequential` whose linear layers sit
+# at indices 0, 2 and 4, and `last_layer` holding `weight_v` and `weight_g`), so that the check can copy the
+# package head's weights into yours.
 #
-# Now assemble the head: the MLP (three linear layers, GELU between them), the $\ell_2$ normalisation of the
-# 256-d bottleneck, and the weight-normalised last layer. Write `MyDINOHead` with the same parameter names as
-# the package's head (`mlp` a `Sequential` whose linear layers sit at indices 0, 2 and 4, and `last_layer`
-# holding `weight_v` and `weight_g`), so that the check can copy the package head's weights into yours.
-# Use `weight_norm_linear` from exercise 1.
-#
-# `MyWeightNormLinear` below starts `weight_v` as the authors' code does: their last layer is created after the
-# MLP's std-0.02 initialisation, so it keeps `nn.Linear`'s default, uniform in $\pm 1/\sqrt{256}$ (rows of length
+# `MyWeightNormLinear` starts `weight_v` as the authors' code does: their last layer is created after the MLP's
+# std-0.02 initialisation, so it keeps `nn.Linear`'s default, uniform in $\pm 1/\sqrt{256}$ (rows of length
 # about $\sqrt{1/3} = 0.58$). The forward pass ignores that length, but training does not: an SGD step turns each
 # row $v_k$ by an angle proportional to $1 / \|v_k\|^2$, so rows drawn with std 0.02 (length 0.32) would turn
 # about 3.3 times as far per step.
@@ -328,7 +280,13 @@ class MyWeightNormLinear(nn.Module):
         self.weight_g = nn.Parameter(torch.ones(out_dim, 1), requires_grad=False)
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
-        return weight_norm_linear(u, self.weight_v, self.weight_g)
+        """u (B, d) -> (B, K) outputs u @ W.T with rows W_k = g_k * v_k / ||v_k||."""
+        #################################################################
+        # Fill in the blanks (...), then remove this line.
+        raise NotImplementedError("MyWeightNormLinear still has blanks (...)")
+        #################################################################
+        weight = ...  # (K, d): each row of weight_v scaled to length weight_g
+        return ...
 
 
 class MyDINOHead(nn.Module):
@@ -348,7 +306,22 @@ class MyDINOHead(nn.Module):
 
 
 # %% tags=["solution", "hide-cell"]
-# Solution to exercise 2
+# Solution to exercise 1
+class MyWeightNormLinear(nn.Module):
+    def __init__(self, in_dim: int, out_dim: int):
+        super().__init__()
+        # nn.Linear's default initialisation
+        bound = 1 / math.sqrt(in_dim)
+        self.weight_v = nn.Parameter(torch.empty(out_dim, in_dim).uniform_(-bound, bound))
+        # norm_last_layer=True
+        self.weight_g = nn.Parameter(torch.ones(out_dim, 1), requires_grad=False)
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        """u (B, d) -> (B, K) outputs u @ W.T with rows W_k = g_k * v_k / ||v_k||."""
+        weight = self.weight_g * self.weight_v / self.weight_v.norm(dim=1, keepdim=True)
+        return u @ weight.T
+
+
 class MyDINOHead(nn.Module):
     def __init__(self, in_dim: int, out_dim: int = 65536, hidden_dim: int = 2048,
                  bottleneck_dim: int = 256):
@@ -373,24 +346,30 @@ def check_head(cls):
     assert abs(my_norm - ref_norm) < 0.02, (
         f"your last layer's rows start with length {my_norm:.3f}, the authors' with "
         f"{ref_norm:.3f}: keep MyWeightNormLinear's initialisation")
-    try:
-        mine.load_state_dict(ref.state_dict())
-    except RuntimeError as err:
-        raise AssertionError(f"your head's parameters do not have the package head's names and "
-                             f"shapes: {err}")
     y = torch.randn(4, feature_dim) * 3
-    with torch.no_grad():
-        ours, theirs = mine(y), ref(y)
-    assert ours.shape == theirs.shape, (f"your output has shape {tuple(ours.shape)}, expected "
-                                        f"{tuple(theirs.shape)}")
-    assert torch.allclose(ours, theirs, atol=1e-5), (
-        f"outputs differ by up to {(ours - theirs).abs().max():.3g}: check the activations (GELU), "
-        f"the normalisation (over the last dimension) and the order of the steps")
+    for rows in ("as initialised", "of many lengths, gains other than 1"):
+        if rows != "as initialised":
+            with torch.no_grad():
+                ref.last_layer.weight_v.mul_(torch.rand(65536, 1) * 5)
+                ref.last_layer.weight_g.copy_(torch.rand(65536, 1) * 3)
+        try:
+            mine.load_state_dict(ref.state_dict())
+        except RuntimeError as err:
+            raise AssertionError(f"your head's parameters do not have the package head's names "
+                                 f"and shapes: {err}")
+        with torch.no_grad():
+            ours, theirs = mine(y), ref(y)
+        assert ours.shape == theirs.shape, (f"your output has shape {tuple(ours.shape)}, expected "
+                                            f"{tuple(theirs.shape)}")
+        assert torch.allclose(ours, theirs, atol=1e-5), (
+            f"last-layer rows {rows}: outputs differ by up to {(ours - theirs).abs().max():.3g}; "
+            "check the activations (GELU), the normalisation (over the last dimension), that every "
+            "row of v is divided by its own norm, and the order of the steps")
     print("Correct: with the same weights, your head computes what dino_tutorial.model.DINOHead "
           "computes")
 
 
-check_exercise(2, check_head, MyDINOHead)
+check_exercise(1, check_head, MyDINOHead)
 
 # %% [markdown]
 # ## Section 3: why the last layer is weight-normalised
@@ -626,65 +605,76 @@ print(f"on {DEVICE}: grouped by resolution (2 backbone calls) {1000 * grouped:.0
       f"one call per view (10 calls) {1000 * per_view:.0f} ms")
 
 # %% [markdown]
-# ### Coding exercise 3: group the views by resolution
+# ### Coding exercise 2: the multi-crop forward pass
 #
-# Write the grouping: given the list of view tensors, return the `(start, end)` index ranges of consecutive
-# views with the same resolution. A compact way is `torch.unique_consecutive` on the list of sizes with
-# `return_counts=True`: the counts are the group lengths, and their cumulative sum gives the ends.
+# Write what `MultiCropWrapper` does: `multi_crop_forward(backbone, head, crops)` returns the head's outputs for
+# every view, `(len(crops) * B, K)` in the order of `crops`, with one backbone call per run of consecutive views
+# of the same resolution and a single head call on all the features. `torch.unique_consecutive` on the list of
+# side lengths, with `return_counts=True`, gives the length of each run.
 
 # %% tags=["exercise"]
-def group_by_resolution(crops: list) -> list:
-    """[(start, end), ...]: index ranges of consecutive tensors in `crops` that share a resolution.
-    """
+def multi_crop_forward(backbone: nn.Module, head: nn.Module, crops: list) -> torch.Tensor:
+    """The head's outputs for all views, one backbone call per run of equal resolutions."""
     #################################################################
     # Fill in the blanks (...), then remove this line.
-    raise NotImplementedError("group_by_resolution still has blanks (...)")
+    raise NotImplementedError("multi_crop_forward still has blanks (...)")
     #################################################################
     sizes = torch.tensor([...])                 # one number per view: its side length
     _, counts = torch.unique_consecutive(sizes, return_counts=True)
-    ends = ...                                  # cumulative sum of the counts
-    starts = ...                                # 0, then the previous ends
-    return [(int(s), int(e)) for s, e in zip(starts, ends)]
+    features, start = [], 0
+    for count in counts.tolist():
+        ...                                     # one backbone call on views start .. start + count
+        start += count
+    return ...                                  # one head call on all the features
 
 
 # %% tags=["solution", "hide-cell"]
-# Solution to exercise 3
-def group_by_resolution(crops: list) -> list:
-    """[(start, end), ...]: index ranges of consecutive tensors in `crops` that share a resolution.
-    """
+# Solution to exercise 2
+def multi_crop_forward(backbone: nn.Module, head: nn.Module, crops: list) -> torch.Tensor:
+    """The head's outputs for all views, one backbone call per run of equal resolutions."""
     sizes = torch.tensor([c.shape[-1] for c in crops])
     _, counts = torch.unique_consecutive(sizes, return_counts=True)
-    ends = torch.cumsum(counts, dim=0)
-    starts = torch.cat([torch.zeros(1, dtype=ends.dtype), ends[:-1]])
-    return [(int(s), int(e)) for s, e in zip(starts, ends)]
+    features, start = [], 0
+    for count in counts.tolist():
+        features.append(backbone(torch.cat(crops[start:start + count])))
+        start += count
+    return head(torch.cat(features))
 
 
 # %%
-def check_grouping(fn):
-    tiny, _ = build_backbone("resnet18")
-    wrapper = MultiCropWrapper(tiny, nn.Identity()).eval()
-    seen = []
-    tiny.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0].shape[0]))
+def check_multi_crop_forward(fn):
+    """Outputs and backbone calls of MultiCropWrapper, in train mode (BatchNorm uses each call's
+    batch, so a different grouping gives different outputs)."""
+    set_seed(0)
+    tiny, dim = build_backbone("resnet18")
+    wrapper = MultiCropWrapper(tiny, DINOHead(dim, out_dim=32, hidden_dim=16, bottleneck_dim=8))
+    calls = {"backbone": [], "head": []}
+    for part in calls:
+        getattr(wrapper, part).register_forward_hook(
+            lambda module, inputs, output, part=part: calls[part].append(inputs[0].shape[0]))
     orders = {"2 global + 8 local": [64] * 2 + [32] * 8, "2 global + 0 local": [64] * 2,
               "alternating sizes": [64, 32, 64, 32], "three sizes": [64, 64, 48, 32, 32, 32]}
     for name, sizes in orders.items():
         views = [torch.randn(2, 3, s, s) for s in sizes]
-        seen.clear()
         with torch.no_grad():
-            wrapper(views)
-        expected = [2 * (e - s) for s, e in MultiCropWrapper.resolution_groups(views)]
-        mine = fn(views)
-        assert mine == MultiCropWrapper.resolution_groups(views), (
-            f"{name}: your groups {mine} differ from MultiCropWrapper's "
-            f"{MultiCropWrapper.resolution_groups(views)}")
-        assert [2 * (e - s) for s, e in mine] == seen == expected, (
-            f"{name}: your groups imply backbone batches of {[2 * (e - s) for s, e in mine]}, "
-            f"the wrapper made {seen}")
-    print("Correct: your groups match MultiCropWrapper's backbone calls, one per run of equal "
-          "resolutions")
+            for part in calls:
+                calls[part].clear()
+            expected = wrapper(views)
+            expected_calls = {part: list(seen) for part, seen in calls.items()}
+            for part in calls:
+                calls[part].clear()
+            mine = fn(wrapper.backbone, wrapper.head, views)
+        assert calls == expected_calls, (
+            f"{name}: your backbone batches {calls['backbone']} and head batches {calls['head']}, "
+            f"the wrapper's {expected_calls['backbone']} and {expected_calls['head']}")
+        assert mine.shape == expected.shape, (f"{name}: output shape {tuple(mine.shape)}, expected "
+                                              f"{tuple(expected.shape)}")
+        assert torch.allclose(mine, expected, atol=1e-5), (
+            f"{name}: your outputs differ from MultiCropWrapper's: are the views kept in order?")
+    print("Correct: your forward pass makes MultiCropWrapper's calls and gives its outputs")
 
 
-check_exercise(3, check_grouping, group_by_resolution)
+check_exercise(2, check_multi_crop_forward, multi_crop_forward)
 
 # %% [markdown]
 # ### Think! 3

@@ -21,7 +21,7 @@
 #
 # [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/dino-tutorial/dino-tutorial/blob/main/book/03_ema_teacher.ipynb)
 #
-# **Estimated time:** 70 minutes.
+# **Estimated time:** 55 minutes.
 
 # %% [markdown]
 # ## Tutorial objectives
@@ -50,8 +50,8 @@ except ImportError:
     import dino_tutorial
 
 # %% tags=["hide-input"]
+import copy
 import json
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -148,60 +148,6 @@ student.zero_grad(set_to_none=True)
 # Algorithm 1 writes this as a stop-gradient, `t.detach()`). Its only update is the EMA.
 
 # %% [markdown]
-# ### Coding exercise 1: the EMA update
-#
-# Write `my_ema_update(teacher, student, momentum)`: in place, and without recording gradients, every teacher
-# parameter becomes `momentum * teacher + (1 - momentum) * student`. Like the authors' code, average the
-# *parameters* only: the BatchNorm running statistics (buffers) of the teacher are its own.
-
-# %% tags=["exercise"]
-@torch.no_grad()
-def my_ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
-    """theta_t <- momentum * theta_t + (1 - momentum) * theta_s for every parameter, in place."""
-    #################################################################
-    # Fill in the blanks (...), then remove this line.
-    raise NotImplementedError("my_ema_update still has blanks (...)")
-    #################################################################
-    for p_t, p_s in zip(..., ...):
-        ...
-
-
-# %% tags=["solution", "hide-cell"]
-# Solution to exercise 1
-@torch.no_grad()
-def my_ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
-    """theta_t <- momentum * theta_t + (1 - momentum) * theta_s for every parameter, in place."""
-    for p_t, p_s in zip(teacher.parameters(), student.parameters()):
-        p_t.mul_(momentum).add_(p_s.detach(), alpha=1.0 - momentum)
-
-
-# %%
-def check_ema_update(fn):
-    set_seed(0)
-    small_backbone, dim = build_backbone("resnet18")
-    small_student = MultiCropWrapper(small_backbone, DINOHead(dim, out_dim=256, hidden_dim=64))
-    mine, reference = make_teacher(small_student), make_teacher(small_student)
-    with torch.no_grad():
-        # let the student move away from the teacher
-        for p in small_student.parameters():
-            p.add_(torch.randn_like(p) * 0.1)
-        for b in small_student.buffers():
-            b.add_(1)
-    for momentum in (0.9, 0.996, 0.5):
-        fn(mine, small_student, momentum)
-        ema_update(reference, small_student, momentum)
-    for (name, a), b in zip(mine.named_parameters(), reference.parameters()):
-        assert torch.allclose(a, b, atol=1e-6), (f"parameter {name} differs from "
-                                                 "dino_tutorial.teacher.ema_update")
-        assert not a.requires_grad, f"parameter {name} of the teacher now requires a gradient"
-    for (name, a), b in zip(mine.named_buffers(), reference.buffers()):
-        assert torch.equal(a, b), f"buffer {name} changed: only parameters are averaged"
-    print("Correct: your update matches dino_tutorial.teacher.ema_update")
-
-
-check_exercise(1, check_ema_update, my_ema_update)
-
-# %% [markdown]
 # ### Think! 1
 #
 # What is the teacher with $\lambda = 0$, and with $\lambda = 1$? Why does neither make a useful teacher?
@@ -277,47 +223,88 @@ glue("window_90", f"{window[90 * niter_per_ep] / niter_per_ep:.1f}", display=Fal
 # higher momentum (a longer window) for small batches, where there are more and noisier steps per epoch.
 
 # %% [markdown]
-# ### Coding exercise 2: the momentum schedule
+# ### Coding exercise 1: the momentum teacher
 #
-# Write the schedule: one value per iteration, `epochs * niter_per_ep` in all, from `base` at the first
-# iteration along half a cosine towards `final` (reached only after the last iteration, at $i = N$).
+# Put Sections 1 and 2 together in one small class. `MyMomentumTeacher(student, base_momentum, epochs,
+# niter_per_ep)` holds `network`, a copy of the student whose parameters do not require gradients, and
+# `momentum`, the schedule of this section (one value per iteration, from `base_momentum` towards 1; use
+# `cosine_schedule`). Its `update(student, it)` is the EMA of iteration `it`, in place and without recording
+# gradients. Like the authors' code, average the *parameters* only: the BatchNorm running statistics (buffers)
+# of the teacher are its own, and the teacher stays in train mode.
 
 # %% tags=["exercise"]
-def my_momentum_schedule(base: float, final: float, epochs: int, niter_per_ep: int) -> np.ndarray:
-    """lambda_i = final + (base - final) * (1 + cos(pi * i / N)) / 2 for i = 0 .. N - 1, N = epochs
-    * niter_per_ep."""
-    #################################################################
-    # Fill in the blanks (...), then remove this line.
-    raise NotImplementedError("my_momentum_schedule still has blanks (...)")
-    #################################################################
-    n = ...
-    i = np.arange(n)
-    return ...
+class MyMomentumTeacher:
+    """A copy of the student that follows it by an EMA with a cosine momentum schedule."""
+
+    def __init__(self, student: nn.Module, base_momentum: float, epochs: int, niter_per_ep: int):
+        #################################################################
+        # Fill in the blanks (...), then remove this line.
+        raise NotImplementedError("MyMomentumTeacher still has blanks (...)")
+        #################################################################
+        self.network = ...     # a copy of the student; no parameter requires a gradient
+        self.momentum = ...    # (epochs * niter_per_ep,) momentum per iteration
+
+    @torch.no_grad()
+    def update(self, student: nn.Module, it: int) -> None:
+        """theta_t <- m * theta_t + (1 - m) * theta_s for every parameter, m = momentum[it]."""
+        ...
 
 
 # %% tags=["solution", "hide-cell"]
-# Solution to exercise 2
-def my_momentum_schedule(base: float, final: float, epochs: int, niter_per_ep: int) -> np.ndarray:
-    """lambda_i = final + (base - final) * (1 + cos(pi * i / N)) / 2 for i = 0 .. N - 1, N = epochs
-    * niter_per_ep."""
-    n = epochs * niter_per_ep
-    i = np.arange(n)
-    return final + (base - final) * (1 + np.cos(np.pi * i / n)) / 2
+# Solution to exercise 1
+class MyMomentumTeacher:
+    """A copy of the student that follows it by an EMA with a cosine momentum schedule."""
+
+    def __init__(self, student: nn.Module, base_momentum: float, epochs: int, niter_per_ep: int):
+        self.network = copy.deepcopy(student)
+        for p in self.network.parameters():
+            p.requires_grad_(False)
+        self.momentum = cosine_schedule(base_momentum, 1.0, epochs, niter_per_ep)
+
+    @torch.no_grad()
+    def update(self, student: nn.Module, it: int) -> None:
+        """theta_t <- m * theta_t + (1 - m) * theta_s for every parameter, m = momentum[it]."""
+        m = float(self.momentum[it])
+        for p_t, p_s in zip(self.network.parameters(), student.parameters()):
+            p_t.mul_(m).add_(p_s.detach(), alpha=1.0 - m)
 
 
 # %%
-def check_momentum_schedule(fn):
-    for args in [(0.996, 1.0, EPOCHS, niter_per_ep), (0.99, 1.0, 3, 7), (0.9, 0.95, 1, 1)]:
-        mine, reference = np.asarray(fn(*args)), cosine_schedule(*args)
-        assert mine.shape == reference.shape, (f"for {args} you return {mine.shape[0]} values, "
-                                               f"expected {reference.shape[0]}")
-        assert np.allclose(mine, reference, atol=1e-9), (
-            f"for {args} your schedule differs from cosine_schedule by up to "
-            f"{np.abs(mine - reference).max():.2g}")
-    print("Correct: your schedule matches dino_tutorial.schedules.cosine_schedule")
+def check_momentum_teacher(cls):
+    """Against make_teacher, cosine_schedule and ema_update on a small network, over a short run."""
+    set_seed(0)
+    small_backbone, dim = build_backbone("resnet18")
+    small_student = MultiCropWrapper(small_backbone, DINOHead(dim, out_dim=256, hidden_dim=64))
+    epochs, per_epoch, base = 2, 3, 0.9
+    mine, reference = cls(small_student, base, epochs, per_epoch), make_teacher(small_student)
+    assert mine.network is not small_student, "the teacher must be a copy, not the student itself"
+    assert all(not p.requires_grad for p in mine.network.parameters()), (
+        "a teacher parameter still requires a gradient")
+    assert mine.network.training, "the teacher stays in train mode, as in the authors' code"
+    expected = cosine_schedule(base, 1.0, epochs, per_epoch)
+    assert np.asarray(mine.momentum).shape == expected.shape, (
+        f"{len(mine.momentum)} momentum values, expected one per iteration ({len(expected)})")
+    assert np.allclose(mine.momentum, expected), ("the momentum schedule differs from "
+                                                  "cosine_schedule")
+    for it in range(epochs * per_epoch):
+        with torch.no_grad():    # a student step: the parameters and the statistics move
+            for p in small_student.parameters():
+                p.add_(torch.randn_like(p) * 0.1)
+            for b in small_student.buffers():
+                b.add_(1)
+        mine.update(small_student, it)
+        ema_update(reference, small_student, float(expected[it]))
+    for (name, a), b in zip(mine.network.named_parameters(), reference.parameters()):
+        assert torch.allclose(a, b, atol=1e-6), (f"after {epochs * per_epoch} updates, parameter "
+                                                 f"{name} differs from ema_update's")
+        assert not a.requires_grad, f"parameter {name} of the teacher now requires a gradient"
+    for (name, a), b in zip(mine.network.named_buffers(), reference.buffers()):
+        assert torch.equal(a, b), f"buffer {name} changed: only parameters are averaged"
+    print("Correct: your teacher matches make_teacher, cosine_schedule and ema_update over "
+          f"{epochs * per_epoch} iterations")
 
 
-check_exercise(2, check_momentum_schedule, my_momentum_schedule)
+check_exercise(1, check_momentum_teacher, MyMomentumTeacher)
 
 # %% [markdown]
 # ## Section 3: the teacher is an ensemble of past students

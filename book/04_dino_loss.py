@@ -21,7 +21,7 @@
 #
 # [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/dino-tutorial/dino-tutorial/blob/main/book/04_dino_loss.ipynb)
 #
-# **Estimated time:** 80 minutes.
+# **Estimated time:** 85 minutes.
 
 # %% [markdown]
 # ## Tutorial objectives
@@ -30,7 +30,8 @@
 #   see what a low teacher temperature, *sharpening*, does to a distribution.
 # - Write the DINO loss (Eq. 2-3): a cross-entropy between the teacher's output for each global view and
 #   the student's output for every *other* view, and check it against the package's `DINOLoss`.
-# - Write the *centering* update (Eq. 4) and see what subtracting the centre does to the teacher's output.
+# - Turn the loss into the module a training loop calls, with its *centre* (Eq. 4), and see what subtracting
+#   the centre does to the teacher's output.
 # - Train three small networks on real images, with both tricks, with sharpening only and with centering
 #   only, and recognise the two ways of collapsing from the teacher's entropy and the KL divergence
 #   (Section 5.3, Fig. 7).
@@ -55,6 +56,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torchvision import transforms as T
 from tqdm.auto import tqdm
 
@@ -408,61 +410,92 @@ plt.show()
 # {glue:text}`winners_centred` dimensions. During training such favourites can grow into a dimension that
 # wins for every image (Section 4); the centre grows with them and cancels them.
 #
-# ### Coding exercise 2: the centre update
+# ### Coding exercise 2: the loss with its centre
 #
-# Write `update_center(center, teacher_output, momentum)` that returns the new centre of Eq. 4: `center` is
-# `(1, K)`, `teacher_output` is `(2 * B, K)`, the logits of both global views of the batch (before any
-# centering or temperature). The update is not part of the gradient computation.
+# Turn the loss of exercise 1 into the module a training loop calls once per step. `MyDINOLoss(out_dim,
+# ncrops, teacher_temp, student_temp, center_momentum)` keeps the centre $c$ as a buffer of shape `(1, K)`,
+# starting at zero; its `forward(student_output, teacher_output)` returns the loss with the *current* centre
+# (use your `dino_loss_loop`), and only then moves the centre by Eq. 4 with the batch's teacher outputs
+# `(2 * B, K)`, the logits of both global views (before any centering or temperature). The update is not part
+# of the gradient computation.
 
 # %% tags=["exercise"]
-@torch.no_grad()
-def update_center(center: torch.Tensor, teacher_output: torch.Tensor,
-                  momentum: float = 0.9) -> torch.Tensor:
-    """Eq. 4: the running mean of the teacher outputs, (1, K)."""
-    #################################################################
-    # Fill in the blanks (...), then remove this line.
-    raise NotImplementedError("update_center still has blanks (...)")
-    #################################################################
-    batch_mean = ...   # (1, K)
-    return ...
+class MyDINOLoss(nn.Module):
+    def __init__(self, out_dim: int, ncrops: int, teacher_temp: float = 0.04,
+                 student_temp: float = 0.1, center_momentum: float = 0.9):
+        super().__init__()
+        self.ncrops, self.teacher_temp, self.student_temp = ncrops, teacher_temp, student_temp
+        self.center_momentum = center_momentum
+        #################################################################
+        # Fill in the blanks (...), then remove this line.
+        raise NotImplementedError("MyDINOLoss still has blanks (...)")
+        #################################################################
+        self.register_buffer("center", ...)   # (1, K), zeros
+
+    def forward(self, student_output: torch.Tensor, teacher_output: torch.Tensor) -> torch.Tensor:
+        loss = ...                             # with the centre of the previous batches
+        with torch.no_grad():
+            batch_mean = ...                   # (1, K)
+            self.center = ...                  # Eq. 4
+        return loss
 
 
-# Uncomment to try your function:
-# print(update_center(torch.zeros(1, OUT_DIM), teacher_out)[0, :4])
+# Uncomment to try your module:
+# print(MyDINOLoss(OUT_DIM, n_views)(student_out, teacher_out))
 
 # %% tags=["solution", "hide-cell"]
 # Solution to exercise 2
-@torch.no_grad()
-def update_center(center: torch.Tensor, teacher_output: torch.Tensor,
-                  momentum: float = 0.9) -> torch.Tensor:
-    """Eq. 4: the running mean of the teacher outputs, (1, K)."""
-    batch_mean = teacher_output.mean(dim=0, keepdim=True)
-    return momentum * center + (1 - momentum) * batch_mean
+class MyDINOLoss(nn.Module):
+    def __init__(self, out_dim: int, ncrops: int, teacher_temp: float = 0.04,
+                 student_temp: float = 0.1, center_momentum: float = 0.9):
+        super().__init__()
+        self.ncrops, self.teacher_temp, self.student_temp = ncrops, teacher_temp, student_temp
+        self.center_momentum = center_momentum
+        self.register_buffer("center", torch.zeros(1, out_dim))
+
+    def forward(self, student_output: torch.Tensor, teacher_output: torch.Tensor) -> torch.Tensor:
+        loss = dino_loss_loop(student_output, teacher_output, self.center, self.ncrops,
+                              self.teacher_temp, self.student_temp)
+        with torch.no_grad():
+            batch_mean = teacher_output.mean(dim=0, keepdim=True)
+            self.center = (self.center_momentum * self.center
+                           + (1 - self.center_momentum) * batch_mean)
+        return loss
 
 
-print(update_center(torch.zeros(1, OUT_DIM), teacher_out)[0, :4])
+print(MyDINOLoss(OUT_DIM, n_views)(student_out, teacher_out))
+
 
 # %%
-def check_update_center(update_fn):
-    """Three successive updates from a random centre must match DINOLoss's own centre."""
+def check_dino_loss_module(cls):
+    """Three successive batches: the same losses, gradients and centres as DINOLoss."""
     generator = torch.Generator().manual_seed(0)
-    for momentum in (0.9, 0.5, 1.0):
-        reference = DINOLoss(16, ncrops=4, center_momentum=momentum)
-        center = torch.randn(1, 16, generator=generator)
-        reference.center.copy_(center)
-        for _ in range(3):
-            teacher = torch.randn(2 * 6, 16, generator=generator)
-            center = update_fn(center, teacher, momentum)
-            reference.update_center(teacher)
-            assert center.shape == (1, 16), (f"the centre should keep its shape (1, K), got "
-                                             f"{tuple(center.shape)}")
-            assert torch.allclose(center, reference.center, atol=1e-6), (
-                f"momentum {momentum}: your centre differs from DINOLoss.center by "
-                f"{(center - reference.center).abs().max():.2e}")
-    print("Correct: your centre follows Eq. 4 exactly as dino_tutorial.loss.DINOLoss updates it")
+    for momentum, ncrops, k in [(0.9, 4, 16), (0.5, 2, 8), (1.0, 10, 32)]:
+        mine = cls(k, ncrops, teacher_temp=0.04, student_temp=0.1, center_momentum=momentum)
+        reference = DINOLoss(k, ncrops, warmup_teacher_temp=0.04, teacher_temp=0.04, nepochs=1,
+                             center_momentum=momentum)
+        assert torch.equal(mine.center, torch.zeros(1, k)), "the centre starts at zero, (1, K)"
+        for step in range(3):
+            student = torch.randn(ncrops * 6, k, generator=generator, requires_grad=True)
+            teacher = torch.randn(2 * 6, k, generator=generator) * (step + 1)
+            yours, expected = mine(student, teacher), reference(student, teacher, epoch=0)
+            assert torch.allclose(yours, expected, atol=1e-5), (
+                f"momentum {momentum}, batch {step}: your loss {yours.item():.5f}, DINOLoss "
+                f"{expected.item():.5f} (is the loss computed before the centre moves?)")
+            (grad,) = torch.autograd.grad(yours, student)
+            (expected_grad,) = torch.autograd.grad(expected, student)
+            assert torch.allclose(grad, expected_grad, atol=1e-6), (
+                f"momentum {momentum}, batch {step}: the gradients differ")
+            assert mine.center.shape == (1, k), (f"the centre should keep its shape (1, K), got "
+                                                 f"{tuple(mine.center.shape)}")
+            assert not mine.center.requires_grad, "the centre must not be part of the graph"
+            assert torch.allclose(mine.center, reference.center, atol=1e-6), (
+                f"momentum {momentum}, after batch {step}: your centre differs from DINOLoss's by "
+                f"{(mine.center - reference.center).abs().max():.2e}")
+    print("Correct: your loss, its gradient and its centre follow DINOLoss over three batches")
 
 
-check_exercise(2, check_update_center, update_center)
+check_exercise(2, check_dino_loss_module, MyDINOLoss)
 
 # %% [markdown]
 # ## Section 4: two ways to collapse
