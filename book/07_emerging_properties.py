@@ -21,7 +21,7 @@
 #
 # [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/dino-tutorial/dino-tutorial/blob/main/book/07_emerging_properties.ipynb)
 #
-# **Estimated time:** 95 minutes.
+# **Estimated time:** 75 minutes.
 
 # %% [markdown]
 # ## Tutorial objectives
@@ -30,9 +30,10 @@
 #   denser without retraining.
 # - Colour every cell by the principal components of the descriptors (you write `pca_rgb`), and threshold
 #   the first component into a foreground mask without labels.
-# - Compute a class-agnostic saliency map from the feature norms (you write `saliency`), and meet the trap
-#   that makes every convolutional network look centre-seeking.
-# - Put an honest number on masks when no segmentation ground truth exists, and look at nearest neighbours.
+# - Compute a class-agnostic saliency map from the feature norms, and meet the trap that makes every
+#   convolutional network look centre-seeking.
+# - Look at nearest neighbours, and score the masks against human masks of salient objects, beside a fixed
+#   prior and a random network, with their intervals.
 # - Compare a network trained with DINO against a random one, and say what a ResNet shows less clearly than a
 #   ViT's attention.
 
@@ -63,7 +64,6 @@ from dino_tutorial import analysis, checkpoint
 from dino_tutorial.augment import denormalize, eval_transform
 from dino_tutorial.data import (IMAGENETTE_CLASSES, imagenette, imagenette_root, load_rgb,
                                 resolve_data_root, sample_image_paths)
-from dino_tutorial.knn import knn_classify
 from dino_tutorial.model import build_backbone
 from dino_tutorial.notebook import check_exercise, glue, setup
 from dino_tutorial.train import TrainConfig, set_seed
@@ -84,13 +84,6 @@ def as_image(tensor: torch.Tensor) -> np.ndarray:
 def dim_outside(image: np.ndarray, mask: torch.Tensor) -> np.ndarray:
     """The image with the positions outside a (H, W) bool mask darkened."""
     return image * (0.3 + 0.7 * mask.cpu().numpy()[..., None])
-
-
-def compare(a: float, b: float, unit: str = " points") -> str:
-    """'x above' / 'x below' / 'level with' for the sentence 'a is ... b'."""
-    if abs(a - b) < 0.05:
-        return "level with"
-    return f"{abs(a - b):.1f}{unit} {'above' if a > b else 'below'}"
 
 
 # %% tags=["hide-input"]
@@ -434,7 +427,7 @@ glue("between_shares", " and ".join(f"{share} for the {name} network" for name,
 # Which side is the object? A principal direction has no sign, so a rule must choose. `analysis.foreground_mask`
 # offers two: `orient="minority"` takes the smaller side of the batch's positions (an object usually covers
 # less of a photo than its surroundings); `orient="centre"` takes the side that is larger in the middle of the
-# frames. This chapter uses the minority rule, for a reason that Section 6 makes clear.
+# frames. This chapter uses the minority rule, for a reason that the reference page {doc}`11_class_evidence` makes clear.
 #
 # The first principal direction is the largest difference between *any* two groups of positions, and the
 # previous cell showed that much of the variance can lie between whole photos. Then the first component
@@ -502,58 +495,8 @@ plot_rows(photo_row + mask_rows, PHOTO_TITLES)
 # Descriptor Aggregation) used this recipe (with the sum over channels) to find the object in fine-grained
 # retrieval with a supervised network.
 #
-# ### Coding exercise 2: `saliency`
-#
-# Write `saliency(feature_maps)`: $(B, C, h, w) \to (B, h, w)$, the L2 norm over channels, scaled per image
-# so that its smallest value is 0 and its largest 1 (an image whose norms are all equal gets zeros).
-
-# %% tags=["exercise"]
-def saliency(feature_maps: torch.Tensor) -> torch.Tensor:
-    """(B, C, h, w) -> (B, h, w): the feature norm at each position, min-max scaled to [0, 1] per
-    image."""
-    #################################################################
-    # Fill in the blanks (...), then remove this line.
-    raise NotImplementedError("saliency still has blanks (...)")
-    #################################################################
-    norm = ...                   # (B, h, w): L2 norm over the channels
-    low = ...                    # (B, 1, 1): each image's smallest norm
-    high = ...                   # (B, 1, 1): each image's largest norm
-    return ...                   # guard the division for constant images
-
-
-# Uncomment to try your function:
-# print(tuple(saliency(MAPS["random"]).shape))
-
-# %% tags=["solution", "hide-cell"]
-# Solution to exercise 2
-def saliency(feature_maps: torch.Tensor) -> torch.Tensor:
-    """(B, C, h, w) -> (B, h, w): the feature norm at each position, min-max scaled to [0, 1] per
-    image."""
-    norm = feature_maps.norm(dim=1)
-    low = norm.amin(dim=(1, 2), keepdim=True)
-    high = norm.amax(dim=(1, 2), keepdim=True)
-    return (norm - low) / (high - low).clamp_min(1e-12)
-
-
-print(tuple(saliency(MAPS["random"]).shape))
-
-
-# %%
-def check_saliency(saliency_fn):
-    """Equal to dino_tutorial.analysis.saliency on the photos and on a constant map."""
-    for name, maps in MAPS.items():
-        yours, reference = saliency_fn(maps), analysis.saliency(maps)
-        assert yours.shape == reference.shape, (f"expected shape {tuple(reference.shape)}, got "
-                                                f"{tuple(yours.shape)}")
-        assert torch.allclose(yours, reference, atol=1e-5), (
-            f"{name}: your saliency differs from the package's")
-    constant = saliency_fn(torch.ones(1, 4, 3, 3))
-    assert torch.equal(constant, torch.zeros(1, 3, 3)), (
-        f"a constant map should give zeros, got {constant.flatten()}")
-    print("Correct: your saliency matches dino_tutorial.analysis.saliency")
-
-
-check_exercise(2, check_saliency, saliency)
+# The package's `analysis.saliency(feature_maps)` computes it: $(B, C, h, w) \to (B, h, w)$, the norm over
+# the channels, scaled per image so that its smallest value is 0 and its largest 1.
 
 # %% tags=["hide-input"]
 NORM_MASKS = {name: analysis.foreground_mask(maps, method="norm") for name, maps in MAPS.items()}
@@ -732,192 +675,11 @@ else:
 glue("trained_agreement_sentence", sentence, display=False)
 
 # %% [markdown]
-# ## Section 6: a number for the masks
+# ## Section 6: the masks against human masks
 #
-# A mask is scored by comparing it with a ground-truth segmentation: the paper reports the Jaccard index
-# (intersection over union, `analysis.mask_iou`) of masks from its attention maps against PASCAL VOC
-# segmentations (Section 4.2). The data here has class labels but no segmentations, so any score must be a
-# proxy, and a proxy is only worth what it cannot be fooled by. Two candidates:
-#
-# 1. **How central is the mask?** Photographers centre their subjects, so a good mask should lie mostly in
-#    the middle of the frame. Section 4 showed why this can mislead: a network's maps favour the middle of the
-#    frame for reasons that have nothing to do with objects, so a central mask is no evidence of an object.
-# 2. **Does the mask hold the class?** If a mask covers the object, the feature pooled *inside* it
-#    (`analysis.masked_mean`) should be more typical of the image's class than the feature pooled *outside*
-#    it. The labels score this without segmentations: pool every bank and query image inside its own mask
-#    and run the weighted k-NN classifier of chapter 05 ($k = 20$, $T = 0.07$) on those features. Then do the
-#    same outside the masks, and, as the control that the frame could fool, over the same number of
-#    positions taken from the **centre** of each image (the positions closest to the middle), and over the
-#    same number taken at **random**.
-#
-# Neither is an IoU, and the second measures where the class evidence is, which includes context (water
-# around a tench, sky around a parachute). What it cannot do is reward a mask for being central: the central
-# control gets that reward too. (This is also why the masks are oriented by the minority rule: a mask
-# oriented towards the middle of the frame would have the centre built in before it is scored against it.)
-
-# %%
-centre_share = CENTRE_BOX.float().mean().item()
-print(f"the central region holds {100 * centre_share:.0f}% of the {h} x {w} positions")
-for name in NETWORKS:
-    masks = torch.cat(ALL_MASKS[name])
-    inside = (masks & CENTRE_BOX).sum().item() / masks.sum().item()
-    glue(f"centre_fraction_{name}", f"{100 * inside:.0f}", display=False)
-    print(f"{name}: the PCA masks cover {100 * masks.float().mean():.0f}% of the positions, and "
-          f"{100 * inside:.0f}% of their positions lie in the central region")
-glue("centre_share", f"{100 * centre_share:.0f}", display=False)
-if "DINO" in NETWORKS:
-    dino_masks = torch.cat(ALL_MASKS["DINO"])
-    dino_inside = (dino_masks & CENTRE_BOX).sum().item() / dino_masks.sum().item()
-    glue("centre_fraction_trained", f"and the DINO network's {100 * dino_inside:.0f}%",
-         display=False)
-else:
-    glue("centre_fraction_trained", "", display=False)
-
-# %% [markdown]
-# A mask that ignored the image would put {glue:text}`centre_share`% of its positions in the central region;
-# the random network's masks put {glue:text}`centre_fraction_random`% there {glue:text}`centre_fraction_trained`.
-# A share above the blind one could come from the objects, from the photographers, or from the frame; the
-# first proxy cannot tell them apart, and a network can score on it without finding anything. The second proxy can be
-# computed with the labels:
-
-# %%
-def same_count_masks(masks: torch.Tensor, where: str, seed: int = 0) -> torch.Tensor:
-    """Masks with as many positions as `masks`, taken closest to the centre ("centre") or at random.
-    """
-    B, h, w = masks.shape
-    counts = masks.flatten(1).sum(dim=1)
-    if where == "centre":
-        rows, cols = (torch.meshgrid(torch.arange(h) - (h - 1) / 2, torch.arange(w) - (w - 1) / 2,
-                                     indexing="ij"))
-        # ties broken by index
-        distance = (rows ** 2 + cols ** 2).flatten() + 1e-3 * torch.arange(h * w)
-        order = distance.argsort().expand(B, -1)
-    else:
-        generator = torch.Generator().manual_seed(seed)
-        order = torch.stack([torch.randperm(h * w, generator=generator) for _ in range(B)])
-    rank = (torch.empty(B, h * w, dtype=torch.long).scatter_(1, order,
-                                                             torch.arange(h * w).expand(B, -1)))
-    return (rank < counts[:, None]).reshape(B, h, w)
-
-
-def masked_knn(name, regions):
-    """k-NN top-1 (%) with every bank and query image pooled over its own region (B, h, w) bool."""
-    bank_regions, query_regions = regions[:len(bank_labels)], regions[len(bank_labels):]
-    bank = analysis.masked_mean(BANK[name], bank_regions)
-    queries = analysis.masked_mean(QUERIES[name], query_regions)
-    return (knn_classify(bank, bank_labels, queries, query_labels, k=20, T=0.07,
-                         num_classes=len(CLASS_NAMES))[0])
-
-
-SCORES, IOU_WITH_CENTRE = {}, {}
-for name in NETWORKS:
-    pca_masks = torch.cat(ALL_MASKS[name])
-    norm_masks = analysis.foreground_mask(torch.cat([BANK[name], QUERIES[name]]), method="norm")
-    regions = {
-        "whole image": torch.ones_like(pca_masks),
-        "inside the PCA mask": pca_masks,
-        "outside the PCA mask": ~pca_masks,
-        "centre, as many positions": same_count_masks(pca_masks, "centre"),
-        "random, as many positions": same_count_masks(pca_masks, "random"),
-        "inside the norm mask": norm_masks,
-        "outside the norm mask": ~norm_masks,
-        "centre, as many as the norm mask": same_count_masks(norm_masks, "centre"),
-    }
-    SCORES[name] = {region: masked_knn(name, r) for region, r in regions.items()}
-    IOU_WITH_CENTRE[name] = (analysis.mask_iou(pca_masks,
-                                               regions["centre, as many positions"]).mean().item())
-
-print(f"{'k-NN top-1 (%), pooled over':<34}" + "".join(f"{name:>10}" for name in NETWORKS))
-for region in SCORES["random"]:
-    print(f"{region:<34}" + "".join(f"{SCORES[name][region]:10.1f}" for name in NETWORKS))
-print(f"{'mean IoU, PCA mask with the centre':<34}" + "".join(f"{IOU_WITH_CENTRE[name]:10.2f}"
-                                                              for name in NETWORKS))
-
-# %% tags=["remove-cell"]
-for name, scores in SCORES.items():
-    glue(f"whole_{name}", f"{scores['whole image']:.1f}", display=False)
-    glue(f"inside_{name}", f"{scores['inside the PCA mask']:.1f}", display=False)
-    glue(f"outside_{name}", f"{scores['outside the PCA mask']:.1f}", display=False)
-    glue(f"centre_{name}", f"{scores['centre, as many positions']:.1f}", display=False)
-    glue(f"iou_centre_{name}", f"{IOU_WITH_CENTRE[name]:.2f}", display=False)
-    glue(f"inside_vs_centre_{name}", compare(scores["inside the PCA mask"],
-                                             scores["centre, as many positions"]),
-         display=False)
-    glue(f"norm_vs_centre_{name}", compare(scores["inside the norm mask"],
-                                           scores["centre, as many as the norm mask"]),
-         display=False)
-glue("point", f"{100 / len(query_labels):.1f}", display=False)
-NOISE_POINTS = 2.0   # differences smaller than this are within the noise of this many queries
-
-
-def verdict(scores) -> str:
-    """Whether either mask holds more of the class than its central control, in words."""
-    gains = [scores["inside the PCA mask"] - scores["centre, as many positions"],
-             scores["inside the norm mask"] - scores["centre, as many as the norm mask"]]
-    if max(gains) >= NOISE_POINTS:
-        return "at least one of its masks holds more of the class than the middle of the frame does"
-    return "neither of its masks holds more of the class than the middle of the frame does"
-
-
-glue("noise_points", f"{NOISE_POINTS:.0f}", display=False)
-glue("verdict_random", verdict(SCORES["random"]), display=False)
-if "DINO" in NETWORKS:
-    s = SCORES["DINO"]
-    sentence = (f"For the DINO-trained network, the whole image scores {s['whole image']:.1f}%; "
-                f"inside its PCA mask {s['inside the PCA mask']:.1f}%, outside it "
-                f"{s['outside the PCA mask']:.1f}%, and its central control "
-                f"{s['centre, as many positions']:.1f}%; its norm mask "
-                f"{compare(s['inside the norm mask'], s['centre, as many as the norm mask'])} its "
-                f"own central control. By this test, {verdict(s)}. (For scale: its whole-image "
-                f"feature scores {compare(s['whole image'], SCORES['random']['whole image'])} the "
-                "random network's.)")
-else:
-    sentence = ("The same numbers for the DINO-trained network appear here when its backbone file "
-                "is present; they are the test of whether training moved the masks onto the "
-                "objects.")
-glue("trained_mask_sentence", sentence, display=False)
-
-# %% [markdown]
-# How to read the table: each row pools every image's feature map over one region, for the bank and the
-# queries alike, and classifies the queries by k-NN. One query is worth {glue:text}`point` points; with
-# accuracies near 25%, differences under {glue:text}`noise_points` points are within the noise.
-#
-# - The whole image is the reference ({glue:text}`whole_random`% for the random network).
-# - For the random network, the inside of its PCA mask scores {glue:text}`inside_random`%, the outside
-#   {glue:text}`outside_random`%, and the central positions {glue:text}`centre_random`%: the mask is
-#   {glue:text}`inside_vs_centre_random` the central control. Its norm mask is
-#   {glue:text}`norm_vs_centre_random` its own central control. By this test, {glue:text}`verdict_random`.
-# - The last row uses `analysis.mask_iou` to say how much each PCA mask *is* the central control: a mean
-#   Jaccard index of {glue:text}`iou_centre_random` for the random network (1 would be the same positions,
-#   0 none in common).
-#
-# {glue:text}`trained_mask_sentence`
-#
-# Keep the scale of this experiment in mind. The paper's observation was made with ViTs trained for hundreds
-# of epochs on ImageNet; this network was trained on a CPU, on Imagenette at {glue:text}`small_global_size`
-# pixels. Its features classify far better than a random network's (k-NN {glue:text}`reference_knn`% against
-# {glue:text}`random_knn`%, chapter 09), yet
-# class evidence is not the same as an object's outline: masks that do not find objects are the expected
-# result at this scale, not a verdict on DINO. Section 7 draws the
-# same maps for the authors' ResNet-50.
-#
-# ### Think! 4
-#
-# A skeptic says: "the mask scores above its central control, so it segments the object". What else could
-# make a region hold more class evidence than the centre, and what data would settle the question?
-#
-# ```{admonition} Answer
-# :class: dropdown
-# The region might cover the *context* that identifies the class rather than the object: water for a tench,
-# sky around a parachute, asphalt under a garbage truck. Imagenette's classes come with distinctive
-# backgrounds, so context alone classifies well (compare the "outside" rows with chance, 10%). The test
-# shows where the class evidence sits, not where the object's boundary is. Settling it needs segmentations:
-# either a dataset that has them (PASCAL VOC for images and DAVIS for video, as in the paper's Section 4.2), or
-# photos with human masks of their salient object, which is what the next section uses.
-# ```
-
-# %% [markdown]
-# ## Section 6b: the masks against human masks
+# Imagenette has class labels but no segmentations; whether the labels alone can score a mask, with a test that
+# the frame cannot fool, is the subject of the reference page {doc}`11_class_evidence`. Human masks answer the
+# question directly.
 #
 # The paper scores its attention maps by the Jaccard similarity between the thresholded map and a human
 # segmentation (Section 4.2.1, Table 5 and Fig. 4). The same can be done for the masks of this chapter with
@@ -1103,9 +865,10 @@ else:
 # - Zero padding gives every convolutional network a frame: on pure noise, the random network's central
 #   positions respond {glue:text}`noise_ratio_random` times as strongly as its border positions. Any test
 #   that rewards central masks rewards the frame.
-# - Without segmentations, a fair proxy asks whether the class evidence lies inside the mask, against a
-#   control of central positions of the same number; for the random network the PCA mask is
-#   {glue:text}`inside_vs_centre_random` that control. {glue:text}`trained_mask_sentence`
+# - Against the human masks of 500 DUTS photos, the best label-free mask, {glue:text}`mask_best`, lies
+#   {glue:text}`mask_relation` (the prior: a centred ellipse that knows nothing of the photo,
+#   {glue:text}`mask_prior`), and the DINO network's masks are {glue:text}`mask_dino_vs_random` the random
+#   network's: at this scale, class evidence emerges in the features, object outlines do not.
 #
 # **Next.** {doc}`08_full_training` trains the ResNet-50 of the paper on ImageNet, the network whose maps
 # Section 7 shows when it runs online.
