@@ -284,9 +284,9 @@ plt.show()
 # ```
 #
 # The chapters that need images fetch Imagenette with torchvision when `DINO_DATA` holds no copy.
-# Each chapter runs on a laptop CPU in a few minutes. Reading the chapters carefully and doing their exercises
-# takes about ten hours in all; each chapter states its own time, counted as its prose at about 110 words a
-# minute, its code at 15 lines a minute and 12 minutes per exercise.
+# Each chapter runs on a laptop CPU in a few minutes. Reading the chapters carefully and doing their
+# exercises takes about ten and a half hours in all; each chapter states its own time, counted as its prose
+# at about 110 words a minute, its code at 15 lines a minute and 12 minutes per exercise.
 #
 # **Check it.** The chapters are tested like code: `pytest --nbval` executes every notebook and compares
 # its outputs with the stored ones, and the package has its own unit tests.
@@ -324,9 +324,11 @@ plt.show()
 # | {doc}`03 EMA teacher <03_ema_teacher>` | the momentum teacher, its cosine schedule, the teacher as an ensemble | `teacher` |
 # | {doc}`04 The DINO loss <04_dino_loss>` | cross-entropy across views, centering and sharpening, what collapse looks like | `loss` |
 # | {doc}`05 k-NN evaluation <05_knn_evaluation>` | frozen features, the weighted $k$-NN classifier, retrieval | `knn` |
-# | 06 Training loop | schedules, freezing the last layer, clipping, mixed precision, a short real run | `schedules`, `train` |
-# | 07 Emerging properties | what a DINO ResNet-50 learns: feature maps, retrieval, salient objects | `analysis` |
+# | 06 Training loop | schedules, clipping, freezing the last layer, DINO from a blank cell, the committed runs | `schedules`, `train` |
+# | 07 Emerging properties | what a DINO ResNet learns: feature maps, retrieval, masks against human masks | `analysis` |
 # | {doc}`08 Full ImageNet training <08_full_training>` | the papermill run on one or many GPUs, resuming, logs, final $k$-NN | `train` |
 # | {doc}`09 Results <09_results>` | what was reproduced, against the paper's Table 2 | - |
+# | {doc}`10 Mixed precision <10_mixed_precision>` (reference) | why fp16 needs a gradient scaler, on a real gradient | `train` |
+# | {doc}`11 Class evidence <11_class_evidence>` (reference) | where a feature map's class evidence sits, against controls | `analysis` |
 #
 # Start with {doc}`01_multi_crop`.

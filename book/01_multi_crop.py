@@ -20,7 +20,7 @@
 #
 # [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/dino-tutorial/dino-tutorial/blob/main/book/01_multi_crop.ipynb)
 #
-# **Estimated time:** 75 minutes.
+# **Estimated time:** 85 minutes.
 
 # %% [markdown]
 # ## Tutorial objectives

@@ -21,7 +21,7 @@
 #
 # [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/dino-tutorial/dino-tutorial/blob/main/book/08_full_training.ipynb)
 #
-# **Estimated time:** 20 minutes to read; the smoke run below took {glue:text}`wall_minutes` minutes on a CPU.
+# **Estimated time:** 40 minutes to read; the smoke run below took {glue:text}`wall_minutes` minutes on a CPU.
 # The full run was not made for this book; chapter 09 quotes the one published timing of a comparable run.
 #
 # ```{important}

@@ -11,6 +11,7 @@ that this replaces were shown at 0.6-0.7, their 7-9 pt labels at 6-8 px.
 from __future__ import annotations
 
 import base64
+import importlib.util
 import re
 import struct
 from pathlib import Path
@@ -87,3 +88,40 @@ def test_stored_figures_fit_the_book_column(notebook):
                     wide.append((i, width))
     assert not wide, (f"{notebook.name}: stored figures wider than {MAX_FIGURE_PX} px (cell, px): {wide}; "
                       f"draw them at most {MAX_FIGURE_INCHES} inches wide and execute the chapter again")
+
+
+def _reading_time():
+    spec = importlib.util.spec_from_file_location("reading_time", ROOT / "tools" / "reading_time.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+READING_TIME = _reading_time()
+TIMED = [s for s in SCRIPTS if READING_TIME.stated(s) is not None]
+
+
+@pytest.mark.parametrize("script", TIMED, ids=_ids(TIMED))
+def test_stated_time_follows_the_content(script):
+    """A chapter's "Estimated time" is the introduction's rule applied to its content (tools/reading_time.py:
+    prose at 110 words a minute, code at 15 lines a minute, 12 minutes per exercise), within 15% or 10
+    minutes, so that an edit that lengthens a chapter has to restate its time."""
+    counted, stated = READING_TIME.estimate(script), READING_TIME.stated(script)
+    slack = max(10, 0.15 * counted["minutes"])
+    assert abs(stated - counted["minutes"]) <= slack, (
+        f"{script.name} states {stated} minutes; its {counted['words']} words, {counted['code']} lines of code "
+        f"and {counted['exercises']} exercises make {counted['minutes']}: restate it")
+
+
+def test_estimate_counts_what_a_learner_reads(tmp_path):
+    """Prose, visible code and exercises count; solution cells (the exercise replaces them) do not."""
+    chapter = tmp_path / "99_x.py"
+    words = " ".join(["word"] * 220)
+    chapter.write_text(f"# %% [markdown]\n# **Estimated time:** 5 minutes.\n# {words}\n\n"
+                       "# %%\n" + "x = 1\n" * 30 + "\n"
+                       '# %% tags=["exercise"]\ndef f():\n    pass\n\n'
+                       '# %% tags=["solution", "hide-cell"]\n' + "y = 2\n" * 300)
+    counted = READING_TIME.estimate(chapter)
+    assert (counted["words"], counted["code"], counted["exercises"]) == (224, 32, 1)
+    assert counted["minutes"] == 15            # 224/110 + 32/15 + 12 = 16.2, to the nearest 5
+    assert READING_TIME.stated(chapter) == 5
